@@ -8,13 +8,18 @@ from .modeling import (
     GPTBigCodeForTokenClassification,
     GPTBigCodeModel,
 )
+from .tokenizer import FimStrings, FimTokens, Tokenizer, TokenizerError
 
 __all__ = [
     "ConfigError",
+    "FimStrings",
+    "FimTokens",
     "GPTBigCodeConfig",
     "GPTBigCodeForCausalLM",
     "GPTBigCodeForSequenceClassification",
     "GPTBigCodeForTokenClassification",
     "GPTBigCodeModel",
     "KVCache",
+    "Tokenizer",
+    "TokenizerError",
 ]
