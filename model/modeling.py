@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import checkpoint
 from .config import GPTBigCodeConfig
 from .kv_cache import KVCache
 
@@ -38,14 +40,15 @@ class NewGELU(nn.Module):
 
 
 def make_activation(name: str) -> nn.Module:
-    return {
+    activations: dict[str, Callable[[], nn.Module]] = {
         "relu": nn.ReLU,
         "silu": nn.SiLU,
         "gelu": nn.GELU,
         "tanh": nn.Tanh,
         "gelu_new": NewGELU,
         "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
-    }[name]()
+    }
+    return activations[name]()
 
 
 def flash_attn_available() -> bool:
@@ -316,6 +319,7 @@ class GPTBigCodePreTrainedModel(nn.Module):
     head_keys: tuple[str, ...] = ()
     foreign_head_keys = ("lm_head.weight", "score.weight", "classifier.weight", "classifier.bias")
     config: GPTBigCodeConfig
+    name_or_path: str = ""
 
     def init_weights(self, module: nn.Module) -> None:
         """GPT-2's scheme, as transformers initialises GPTBigCode."""
@@ -367,7 +371,6 @@ class GPTBigCodePreTrainedModel(nn.Module):
     ) -> Any:
         """Load a Hugging Face checkpoint folder, a model id from the local hub cache, or
         "default" (the packaged checkpoint). Weights are read from safetensors only."""
-        from . import checkpoint
         folder = checkpoint.resolve_checkpoint(path_or_id, revision=revision)
         config = GPTBigCodeConfig.from_pretrained(folder)
         for key, value in config_overrides.items():
@@ -401,9 +404,8 @@ class GPTBigCodePreTrainedModel(nn.Module):
         model.name_or_path = str(path_or_id)
         return model.eval()
 
-    def init_missing(self, module: nn.Module, name: str) -> None:
-        """Initialise a parameter the checkpoint did not have (a new classification head)."""
-        owner = self.get_submodule(name.rsplit(".", 1)[0]) if "." in name else self
+    def init_missing(self, owner: nn.Module, key: str) -> None:
+        """Initialise the module owning a tensor the checkpoint lacked (a new head)."""
         self.init_weights(owner)
 
     def save_pretrained(
@@ -411,8 +413,6 @@ class GPTBigCodePreTrainedModel(nn.Module):
         safe_serialization: bool = True,
     ) -> None:
         """Write config.json and safetensors weights that transformers 4.56.2 loads."""
-        from . import checkpoint
-
         if not safe_serialization:
             raise ValueError("only safetensors are written; pickle checkpoints are not supported")
         folder = Path(folder)
@@ -543,7 +543,9 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
         for i, block in enumerate(self.h):
             if output_hidden_states:
                 all_hidden.append(x)
-            x, weights = block(x, mask, backend, cache, past, head_masks[i], bool(output_attentions))
+            x, weights = block(
+                x, mask, backend, cache, past, head_masks[i], bool(output_attentions)
+            )
             if output_attentions:
                 assert weights is not None
                 all_attn.append(weights)
@@ -588,7 +590,7 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
     def positions_from_mask(
         self, padding: torch.Tensor | None, past: int, length: int, batch: int
     ) -> torch.Tensor:
-        """Positions count real tokens only, so a left-padded row starts at 0 like an unpadded one."""
+        """Positions count real tokens only: a left-padded row starts at 0 like an unpadded one."""
         if padding is None:
             return torch.arange(past, past + length, device=self.device)[None].expand(batch, -1)
         positions = padding.long().cumsum(-1) - 1
@@ -632,7 +634,7 @@ class GPTBigCodeForCausalLM(GPTBigCodePreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, **kwargs: Any) -> GPTBigCodeForCausalLM:
-        return super().from_pretrained(path_or_id, **kwargs)  # type: ignore[no-any-return]
+        return super().from_pretrained(path_or_id, **kwargs)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
@@ -711,7 +713,7 @@ class GPTBigCodeForSequenceClassification(GPTBigCodePreTrainedModel):
     def from_pretrained(
         cls, path_or_id: str | Path, **kwargs: Any
     ) -> GPTBigCodeForSequenceClassification:
-        return super().from_pretrained(path_or_id, **kwargs)  # type: ignore[no-any-return]
+        return super().from_pretrained(path_or_id, **kwargs)
 
     def forward(
         self,
@@ -801,7 +803,7 @@ class GPTBigCodeForTokenClassification(GPTBigCodePreTrainedModel):
     def from_pretrained(
         cls, path_or_id: str | Path, **kwargs: Any
     ) -> GPTBigCodeForTokenClassification:
-        return super().from_pretrained(path_or_id, **kwargs)  # type: ignore[no-any-return]
+        return super().from_pretrained(path_or_id, **kwargs)
 
     def forward(
         self,
