@@ -151,7 +151,8 @@ class GPTBigCodeConfig:
             )
         if self.activation_function not in ACTIVATIONS:
             raise ConfigError(
-                f"activation_function {self.activation_function!r} is not one of {list(ACTIVATIONS)}"
+                f"activation_function {self.activation_function!r} is not one of "
+                f"{list(ACTIVATIONS)}"
             )
         for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
             value = getattr(self, name)
@@ -162,7 +163,9 @@ class GPTBigCodeConfig:
                 f"problem_type {self.problem_type!r} is not one of {list(PROBLEM_TYPES)}"
             )
         if self.extra.get("add_cross_attention"):
-            raise ConfigError("add_cross_attention=True is not supported (GPTBigCode is decoder-only)")
+            raise ConfigError(
+                "add_cross_attention=True is not supported (GPTBigCode is decoder-only)"
+            )
 
     # -- config.json ----------------------------------------------------------------------
 

@@ -28,7 +28,9 @@ class KVCache:
     ) -> None:
         capacity = config.n_positions if capacity is None else capacity
         if capacity <= 0 or batch_size <= 0:
-            raise ValueError(f"capacity and batch_size must be positive, got {capacity}, {batch_size}")
+            raise ValueError(
+                f"capacity and batch_size must be positive, got {capacity}, {batch_size}"
+            )
         self.n_layer = config.n_layer
         self.kv_heads = config.kv_heads
         self.head_dim = config.head_dim
