@@ -1,0 +1,238 @@
+"""Server options: the camelCase JSON of initializationOptions and didChangeConfiguration,
+checked key by key into typed dataclasses, so one bad value never costs the others.
+
+Shapes accepted (the same keys in each):
+
+- flat: `{"maxNewTokens": 32, "stop": ["\\n\\n"]}`, as initializationOptions and as the reply
+  to `workspace/configuration` for the section "gptbigcode";
+- under the section: `{"gptbigcode": {...}}`, what VS Code sends in didChangeConfiguration when
+  the client syncs `configurationSection: "gptbigcode"` (keys of other sections beside it are
+  ignored), and what Neovim sends from `settings = { gptbigcode = {...} }`;
+- null (a client using the pull model): nothing changes.
+
+A key set to null takes its default. An unknown key, or a value of the wrong type or out of
+range, gives a message naming the key and the value, and the key keeps its current value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import cattrs
+from cattrs.gen import make_dict_unstructure_fn, override
+
+SECTION = "gptbigcode"
+
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+FimLayout = Literal["auto", "spm", "psm"]
+Check = Callable[[Any], "str | None"]  # why a well-typed value is still invalid, or None
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _option(default: Any = MISSING, *, factory: Any = MISSING, check: Check | None = None) -> Any:
+    return field(default=default, default_factory=factory, metadata={"check": check})
+
+
+def _at_least(low: float) -> Check:
+    return lambda value: None if value >= low else f"must be at least {low}"
+
+
+def _device(value: str) -> str | None:
+    if _DEVICE.fullmatch(value):
+        return None
+    return "must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'"
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value else "must not be empty"
+
+
+def _top_p(value: float) -> str | None:
+    return None if 0.0 < value <= 1.0 else "must be in (0, 1]"
+
+
+def _stop_strings(value: list[str]) -> str | None:
+    return None if all(value) else "must not contain an empty string"
+
+
+@dataclass(kw_only=True)
+class Options:
+    """Everything a client may set, with the default each key takes when not set."""
+
+    model: str = _option("default", check=_non_empty)  # folder, Hugging Face id, or "default"
+    device: str = _option("auto", check=_device)  # "auto": CUDA when there is one, else CPU
+    dtype: Dtype = "auto"  # "auto": bfloat16 on a GPU that has it, else float32
+    max_new_tokens: int = _option(64, check=_at_least(1))
+    temperature: float = _option(0.0, check=_at_least(0.0))  # 0.0: greedy
+    top_p: float = _option(1.0, check=_top_p)
+    context_tokens: int | None = _option(None, check=_at_least(16))  # None: n_positions
+    fim_layout: FimLayout = "auto"  # "auto": from the model's tokenizer and training
+    stop: list[str] = _option(factory=list, check=_stop_strings)  # a single string is one
+    debounce_ms: int = _option(50, check=_at_least(0))
+    time_budget_ms: int = _option(2000, check=_at_least(1))  # per generation
+    cache_budget_mb: int = _option(1024, check=_at_least(0))  # KV cache, all documents
+
+
+# ---- strict conversion: JSON values are taken as they are, never coerced ("5" is not 5)
+
+
+def _structure_int(value: Any, _: type) -> int:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # 64.0 from a client whose numbers are all doubles
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("expected an integer")
+    return value
+
+
+def _structure_float(value: Any, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return float(value)
+
+
+def _structure_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _structure_bool(value: Any, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _structure_strings(value: Any, _: type) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError("expected a list of strings")
+    return list(value)
+
+
+def _structure_literal(value: Any, hint: Any) -> Any:
+    choices = get_args(hint)
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError("expected one of " + ", ".join(map(repr, choices)))
+    return value
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+def _camel_case_fields(converter: cattrs.Converter) -> Callable[[Any], Any]:
+    """An unstructure hook factory writing dataclass fields under their camelCase names."""
+
+    def factory(cls: Any) -> Any:
+        renames: dict[str, Any] = {f.name: override(rename=_camel(f.name)) for f in fields(cls)}
+        return make_dict_unstructure_fn(cls, converter, **renames)
+
+    return factory
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter()
+    for kind, hook in [
+        (int, _structure_int),
+        (float, _structure_float),
+        (str, _structure_str),
+        (bool, _structure_bool),
+    ]:
+        converter.register_structure_hook(kind, hook)
+    converter.register_structure_hook_func(lambda t: t == list[str], _structure_strings)
+    converter.register_structure_hook_func(lambda t: get_origin(t) is Literal, _structure_literal)
+    converter.register_unstructure_hook_factory(is_dataclass, _camel_case_fields(converter))
+    return converter
+
+
+CONVERTER = _make_converter()
+
+# ---- merging raw JSON into options
+
+T = TypeVar("T")
+
+
+def parse_options(raw: object) -> tuple[Options, list[str]]:
+    """Options from initializationOptions (any shape in the module docstring), with one
+    message per key that was ignored or kept at its default."""
+    return merge(Options(), raw)
+
+
+def merge(current: T, raw: object) -> tuple[T, list[str]]:
+    """`current` with the keys present in `raw` changed (didChangeConfiguration); keys absent
+    from raw keep their values. Returns the new options and a message per rejected key."""
+    section = raw.get(SECTION) if isinstance(raw, Mapping) and SECTION in raw else raw
+    if section is None:
+        return current, []
+    if not isinstance(section, Mapping):
+        return current, [f"{SECTION}: options must be an object, got {_short(section)}; ignored"]
+    return _merge_section(current, section, f"{SECTION}.")
+
+
+def as_json(options: Any) -> dict[str, Any]:
+    """The options as the camelCase JSON a client would send (for status and logs)."""
+    json: dict[str, Any] = CONVERTER.unstructure(options)
+    return json
+
+
+def _merge_section(current: T, raw: Mapping[Any, Any], path: str) -> tuple[T, list[str]]:
+    by_key = {_camel(f.name): f for f in fields(current)}  # type: ignore[arg-type]
+    hints = get_type_hints(type(current))
+    changes: dict[str, Any] = {}
+    messages: list[str] = []
+    for key, value in raw.items():
+        known = by_key.get(key)
+        if known is None:
+            messages.append(_unknown_key(f"{path}{key}", key, by_key))
+            continue
+        old = getattr(current, known.name)
+        new, problems = _merge_value(old, value, known, hints[known.name], f"{path}{key}")
+        changes[known.name] = new
+        messages += problems
+    return replace(current, **changes), messages  # type: ignore[type-var]
+
+
+def _merge_value(
+    old: Any, value: Any, spec: Field[Any], hint: Any, name: str
+) -> tuple[Any, list[str]]:
+    """The key's new value and messages; a rejected value leaves `old` in place."""
+    if value is None:
+        return _default(spec), []
+    if is_dataclass(hint):
+        if isinstance(value, Mapping):
+            return _merge_section(old, value, f"{name}.")
+        return old, [f"{name}: expected an object, got {_short(value)}; keeping the current values"]
+    try:
+        new = CONVERTER.structure(value, hint)
+        check = spec.metadata.get("check")
+        problem = check(new) if check is not None and new is not None else None
+    except ValueError as err:
+        problem = str(err)
+    if problem is None:
+        return new, []
+    return old, [f"{name}: {_short(value)} is invalid ({problem}); using {old!r}"]
+
+
+def _default(spec: Field[Any]) -> Any:
+    if spec.default_factory is not MISSING:
+        return spec.default_factory()
+    return spec.default
+
+
+def _unknown_key(name: str, key: Any, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{name}: unknown option, ignored{hint}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
