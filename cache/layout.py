@@ -1,0 +1,104 @@
+"""FIM prompt layouts that put what changes while typing at the end, so a keystroke at the
+cursor leaves the cached tokens before it valid.
+
+- "spm":      <fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}
+- "psm_line": <fim_prefix>{prefix up to the cursor's line}<fim_suffix>{suffix}<fim_middle>{cursor
+  line before the cursor}, for models trained on PSM only
+- "plain":    {prefix}, left to right without FIM tokens (diagnostics, non-FIM models)
+
+Each piece of text is tokenised on its own and joined with the special ids, so an edit in one
+piece never changes another's tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol, get_args
+
+from .window import line_start
+
+Layout = Literal["spm", "psm_line", "plain"]
+LAYOUTS: tuple[str, ...] = get_args(Layout)
+
+
+class FimIds(Protocol):
+    """The ids of the FIM special tokens (model.tokenizer.FimTokens has these)."""
+
+    @property
+    def prefix(self) -> int: ...
+
+    @property
+    def middle(self) -> int: ...
+
+    @property
+    def suffix(self) -> int: ...
+
+
+class TextTokenizer(Protocol):
+    """What the layouts need of a tokenizer (model.Tokenizer is one)."""
+
+    @property
+    def fim(self) -> FimIds | None: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """The document text a layout shows, cut where the layout puts special tokens."""
+
+    prefix: str  # before the cursor (psm_line: before the cursor's line)
+    line: str  # psm_line only: the cursor's line up to the cursor
+    suffix: str  # after the cursor, up to the window's end
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.prefix, self.line, self.suffix))
+
+
+def check_layout(layout: str, tokenizer: TextTokenizer) -> None:
+    """Raise ValueError when the layout is unknown or needs FIM tokens the tokenizer lacks."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown prompt layout {layout!r}; expected one of {list(LAYOUTS)}")
+    if layout != "plain" and tokenizer.fim is None:
+        raise ValueError(
+            f"layout {layout!r} needs FIM special tokens, which this tokenizer lacks; "
+            "use layout 'plain'"
+        )
+
+
+def split(layout: str, text: str, cursor: int, start: int, end: int) -> Pieces:
+    """Cut the window text[start:end] around the cursor as `layout` shows it."""
+    if layout == "plain":
+        return Pieces(prefix=text[start:cursor], line="", suffix="")
+    if layout == "spm":
+        return Pieces(prefix=text[start:cursor], line="", suffix=text[cursor:end])
+    cut = max(start, line_start(text, cursor))
+    return Pieces(prefix=text[start:cut], line=text[cut:cursor], suffix=text[cursor:end])
+
+
+def assemble(
+    layout: str, fim: FimIds | None, prefix: list[int], line: list[int], suffix: list[int]
+) -> list[int]:
+    """Join the pieces' ids with the layout's special ids."""
+    if layout == "plain":
+        return prefix + line
+    assert fim is not None
+    if layout == "spm":
+        return [fim.prefix, fim.suffix, *suffix, fim.middle, *prefix, *line]
+    return [fim.prefix, *prefix, fim.suffix, *suffix, fim.middle, *line]
+
+
+def layout_ids(
+    layout: str,
+    tokenizer: TextTokenizer,
+    text: str,
+    cursor: int,
+    start: int = 0,
+    end: int | None = None,
+) -> list[int]:
+    """The prompt ids for the window text[start:end] with the cursor at `cursor`."""
+    check_layout(layout, tokenizer)
+    pieces = split(layout, text, cursor, start, len(text) if end is None else end)
+    prefix, line, suffix = (tokenizer.encode(t) if t else [] for t in pieces)
+    return assemble(layout, tokenizer.fim, prefix, line, suffix)

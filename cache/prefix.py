@@ -1,0 +1,240 @@
+"""The store of each document's processed token ids and KV buffers, reused by longest common
+prefix and evicted least-recently-used under separate GPU and CPU byte budgets."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal, TypeVar
+
+import torch
+
+from model import KVCache
+
+log = logging.getLogger(__name__)
+
+CacheKey = tuple[str, str]  # (document uri, layout name)
+MemoryKind = Literal["gpu", "cpu"]
+T = TypeVar("T")
+
+
+def longest_common_prefix(a: Sequence[T], b: Sequence[T]) -> int:
+    """How many leading items two lists (or strings) share."""
+    n = min(len(a), len(b))
+    matched = 0
+    # Slice equality runs in C; shrinking chunks leave at most a few dozen Python steps.
+    for chunk in (1024, 32, 1):
+        while matched + chunk <= n and a[matched : matched + chunk] == b[matched : matched + chunk]:
+            matched += chunk
+    return matched
+
+
+def memory_kind(device: torch.device) -> MemoryKind:
+    """Which byte budget a tensor on `device` counts against."""
+    return "cpu" if device.type == "cpu" else "gpu"
+
+
+@dataclass
+class CacheStats:
+    """Counters of a PrefixCache. A hit is a lookup that reused at least one token;
+    `window_moves` is counted by a PromptBuilder given these stats."""
+
+    entries: int = 0
+    gpu_bytes: int = 0
+    cpu_bytes: int = 0
+    hits: int = 0
+    misses: int = 0
+    tokens_reused: int = 0
+    tokens_computed: int = 0
+    evictions: int = 0
+    window_moves: int = 0
+
+    def snapshot(self) -> CacheStats:
+        """A copy that later work does not change."""
+        return replace(self)
+
+
+@dataclass
+class CacheEntry:
+    """Token ids whose keys/values `kv` holds, in order, and the logits that follow them."""
+
+    ids: list[int]
+    kv: KVCache
+    logits: torch.Tensor | None = None  # (vocab,) next-token logits after ids[-1], when kept
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors held: the whole KV buffer (capacity, not length) and logits."""
+        logits = 0 if self.logits is None else self.logits.numel() * self.logits.element_size()
+        return self.kv.nbytes + logits
+
+    @property
+    def memory(self) -> MemoryKind:
+        return memory_kind(self.kv.device)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the cache already holds of a prompt.
+
+    The caller runs the model on `ids[reused:]` with `kv` (None on a cold miss: make one),
+    unless `logits` is set: then the whole prompt was cached and these are its next-token
+    logits.
+    """
+
+    kv: KVCache | None
+    reused: int
+    logits: torch.Tensor | None = None
+
+
+class PrefixCache:
+    """Entries per (document uri, layout), least recently used evicted first.
+
+    `gpu_bytes` and `cpu_bytes` bound the bytes of entries whose buffers live in that memory
+    (None: no bound). One inference worker owns a cache; it takes no locks.
+    """
+
+    def __init__(self, *, gpu_bytes: int | None = None, cpu_bytes: int | None = None) -> None:
+        for name, value in (("gpu_bytes", gpu_bytes), ("cpu_bytes", cpu_bytes)):
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0 or None, got {value}")
+        self.budgets: dict[MemoryKind, int | None] = {"gpu": gpu_bytes, "cpu": cpu_bytes}
+        self.stats = CacheStats()
+        self._entries: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def keys(self) -> list[CacheKey]:
+        """Keys from least to most recently used."""
+        return list(self._entries)
+
+    def entry(self, key: CacheKey) -> CacheEntry | None:
+        """The entry for `key`, without touching its recency or the stats."""
+        return self._entries.get(key)
+
+    # -- reuse ------------------------------------------------------------------------------
+
+    def lookup(self, key: CacheKey, ids: Sequence[int]) -> Lookup:
+        """Keep the longest common prefix of the cached ids and `ids`, forget the rest.
+
+        At least one token is left to run unless the cached ids equal `ids` and their
+        next-token logits were kept.
+        """
+        if not ids:
+            raise ValueError(f"empty prompt for {key[0]} ({key[1]})")
+        entry = self._entries.get(key)
+        if entry is None:
+            self.stats.misses += 1
+            return Lookup(kv=None, reused=0)
+        self._entries.move_to_end(key)
+        if entry.kv.length != len(entry.ids):
+            self._reconcile(entry)
+        common = longest_common_prefix(entry.ids, ids)
+        if common == len(ids) == len(entry.ids) and entry.logits is not None:
+            self._count_reuse(common)
+            return Lookup(kv=entry.kv, reused=common, logits=entry.logits)
+        reused = min(common, len(ids) - 1)
+        del entry.ids[reused:]
+        entry.kv.truncate(reused)
+        entry.logits = None
+        self._count_reuse(reused)
+        self._refresh()
+        return Lookup(kv=entry.kv, reused=reused)
+
+    @staticmethod
+    def _reconcile(entry: CacheEntry) -> None:
+        """Agree ids and buffers again after the buffers were used without a commit."""
+        if entry.kv.length > len(entry.ids):  # e.g. tokens generated and not committed
+            entry.kv.truncate(len(entry.ids))
+        else:
+            del entry.ids[entry.kv.length :]
+            entry.logits = None
+
+    def _count_reuse(self, reused: int) -> None:
+        if reused:
+            self.stats.hits += 1
+            self.stats.tokens_reused += reused
+        else:
+            self.stats.misses += 1
+
+    def commit(
+        self,
+        key: CacheKey,
+        ids: Sequence[int],
+        kv: KVCache,
+        logits: torch.Tensor | None = None,
+    ) -> None:
+        """Record that `kv` now holds the keys/values of `ids` (and `logits` follow them).
+
+        Tokens beyond what the entry held are counted as computed. Evicts least recently
+        used entries while the memory `kv` lives in is over its budget.
+        """
+        if kv.length != len(ids):
+            raise ValueError(
+                f"{key[0]} ({key[1]}): the KV buffers hold {kv.length} tokens but "
+                f"{len(ids)} ids were given"
+            )
+        if logits is not None and logits.dim() != 1:
+            raise ValueError(f"logits must be (vocab,), got shape {tuple(logits.shape)}")
+        old = self._entries.pop(key, None)
+        held = len(old.ids) if old is not None and old.kv is kv else 0
+        entry = CacheEntry(ids=list(ids), kv=kv, logits=logits)
+        self._entries[key] = entry
+        self.stats.tokens_computed += len(ids) - held
+        self._evict(entry.memory, newest=key)
+        self._refresh()
+
+    # -- removal ----------------------------------------------------------------------------
+
+    def drop(self, uri: str) -> int:
+        """Forget every layout's entry of a document (it was closed); how many there were."""
+        keys = [key for key in self._entries if key[0] == uri]
+        for key in keys:
+            self.discard(key)
+        return len(keys)
+
+    def discard(self, key: CacheKey) -> None:
+        """Forget one entry, if present (e.g. after a failed forward left it in doubt)."""
+        self._entries.pop(key, None)
+        self._refresh()
+
+    def clear(self) -> None:
+        for key in list(self._entries):
+            self.discard(key)
+
+    def _evict(self, memory: MemoryKind, newest: CacheKey) -> None:
+        budget = self.budgets[memory]
+        if budget is None:
+            return
+        for key in list(self._entries):  # least recently used first
+            if self.held_bytes(memory) <= budget:
+                return
+            entry = self._entries[key]
+            if entry.memory != memory:
+                continue
+            if key == newest:
+                log.warning(
+                    "the %s cache budget (%d bytes) cannot hold one entry of %d bytes (%s); "
+                    "nothing is kept", memory, budget, entry.nbytes, key[0],
+                )
+            self.discard(key)
+            self.stats.evictions += 1
+
+    # -- accounting -------------------------------------------------------------------------
+
+    def held_bytes(self, memory: MemoryKind) -> int:
+        """Bytes the entries hold now in that memory (buffers may have grown since a commit)."""
+        return sum(e.nbytes for e in self._entries.values() if e.memory == memory)
+
+    def _refresh(self) -> None:
+        # Recounted rather than adjusted: a KV buffer grows in place when the model writes
+        # past its capacity, so an entry's size is only known by asking it.
+        self.stats.entries = len(self._entries)
+        self.stats.gpu_bytes = self.held_bytes("gpu")
+        self.stats.cpu_bytes = self.held_bytes("cpu")

@@ -1,0 +1,190 @@
+"""Prompt ids for a document at a cursor: the layout, and a window per document whose edges
+stay put while the user types, so the prompt keeps a long common prefix with the last one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .layout import Layout, TextTokenizer, assemble, check_layout, split
+from .prefix import CacheKey, CacheStats
+from .window import (
+    ContextBudget,
+    Edit,
+    cut_end,
+    cut_start,
+    is_line_start,
+    line_end,
+    line_start,
+    place_end,
+    place_start,
+)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Ids to run for (uri, layout), and the span text[start:end] of the document they show."""
+
+    uri: str
+    layout: str
+    ids: list[int]
+    start: int
+    end: int
+    prefix_tokens: int  # of text before the cursor
+    suffix_tokens: int  # of text after it
+
+    @property
+    def key(self) -> CacheKey:
+        return (self.uri, self.layout)
+
+
+@dataclass
+class DocumentWindow:
+    """Where one (document, layout)'s window is, in the text it was last built from."""
+
+    text: str
+    start: int = 0
+    end: int | None = None  # None: the window reaches the end of the file
+    fresh: bool = True  # not placed yet: placing it is not a move
+    # Piece name -> (text, ids) last tokenised: unchanged pieces are not tokenised again.
+    encoded: dict[str, tuple[str, list[int]]] = field(default_factory=dict)
+
+
+class PromptBuilder:
+    """Builds prompts within a token budget and counts window moves into `stats`.
+
+    Pass the PrefixCache's stats to have the moves reported with the cache's counters.
+    """
+
+    def __init__(
+        self,
+        tokenizer: TextTokenizer,
+        budget: ContextBudget | None = None,
+        stats: CacheStats | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.budget = budget or ContextBudget()
+        self.stats = stats if stats is not None else CacheStats()
+        self._windows: dict[CacheKey, DocumentWindow] = {}
+
+    def build(self, uri: str, text: str, cursor: int, layout: Layout | str = "spm") -> Prompt:
+        """The prompt for `text` with the cursor at character offset `cursor`."""
+        check_layout(layout, self.tokenizer)
+        if not 0 <= cursor <= len(text):
+            raise ValueError(f"{uri}: cursor offset {cursor} is outside the text (0..{len(text)})")
+        window = self._follow((uri, layout), text)
+        carried = (window.start, window.end)
+        suffix = [] if layout == "plain" else self._fit_suffix(window, text, cursor)
+        limit = self.budget.tokens - len(suffix)  # the prefix may use what the suffix leaves
+        prefix, line = self._fit_prefix(window, layout, text, cursor, limit)
+        if not window.fresh:  # a move: an edge not where the edits carried it
+            self.stats.window_moves += (window.start, window.end) != carried
+        window.fresh = False
+        end = cursor if layout == "plain" else self._end(window, text)
+        ids = assemble(layout, self.tokenizer.fim, prefix, line, suffix)
+        return Prompt(uri, layout, ids, window.start, end, len(prefix) + len(line), len(suffix))
+
+    def forget(self, uri: str) -> None:
+        """Drop a closed document's windows."""
+        for key in [key for key in self._windows if key[0] == uri]:
+            del self._windows[key]
+
+    # -- the window's edges -----------------------------------------------------------------
+
+    def _follow(self, key: CacheKey, text: str) -> DocumentWindow:
+        """The window of `key`, its edges carried through the edit since the last build."""
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = DocumentWindow(text)
+            return window
+        if window.text is text or window.text == text:
+            return window
+        edit = Edit.between(window.text, text)
+        start = edit.follow(window.start)
+        if is_line_start(window.text, window.start) and not is_line_start(text, start):
+            start = line_start(text, start)  # the edit took out the line start it sat on
+        window.start = start
+        if window.end is not None:
+            end = edit.follow(window.end)
+            window.end = end if is_line_start(text, end) else line_end(text, end)
+        window.text = text
+        return window
+
+    def _fit_suffix(self, window: DocumentWindow, text: str, cursor: int) -> list[int]:
+        limit = self.budget.suffix_tokens
+        slack = self.budget.jump(limit)
+        if window.fresh or self._end(window, text) < cursor:
+            self._move_end(window, text, cursor, limit, slack)
+        ids = self._encode(window, "suffix", text[cursor : self._end(window, text)])
+        too_short = window.end is not None and len(ids) < limit - 2 * slack
+        if len(ids) > limit or too_short:
+            if self._move_end(window, text, cursor, limit, slack):
+                ids = self._encode(window, "suffix", text[cursor : self._end(window, text)])
+        while len(ids) > limit:  # the line-by-line estimate was short; drop whole lines
+            end = self._end(window, text)
+            if end > line_end(text, cursor):
+                window.end = line_start(text, end - 1)
+            else:
+                window.end = min(end - 1, cut_end(text, cursor, end, limit, self._count))
+            ids = self._encode(window, "suffix", text[cursor : window.end])
+        return ids
+
+    def _fit_prefix(
+        self, window: DocumentWindow, layout: str, text: str, cursor: int, limit: int
+    ) -> tuple[list[int], list[int]]:
+        slack = self.budget.jump(limit)
+        if window.fresh or window.start > cursor:
+            self._move_start(window, text, cursor, limit, slack)
+        prefix, line = self._encode_prefix(window, layout, text, cursor)
+        used = len(prefix) + len(line)
+        if used > limit or (window.start > 0 and used < limit - 2 * slack):
+            if self._move_start(window, text, cursor, limit, slack):
+                prefix, line = self._encode_prefix(window, layout, text, cursor)
+        while len(prefix) + len(line) > limit:  # the line-by-line estimate was short
+            next_line = line_end(text, window.start)
+            if next_line <= line_start(text, cursor):
+                window.start = next_line
+            else:
+                window.start = max(window.start + 1, cut_start(
+                    text, window.start, cursor, limit, self._count
+                ))
+            prefix, line = self._encode_prefix(window, layout, text, cursor)
+        return prefix, line
+
+    def _move_start(
+        self, window: DocumentWindow, text: str, cursor: int, limit: int, slack: int
+    ) -> bool:
+        start = place_start(text, cursor, limit, slack, self._count)
+        moved, window.start = start != window.start, start
+        return moved
+
+    def _move_end(
+        self, window: DocumentWindow, text: str, cursor: int, limit: int, slack: int
+    ) -> bool:
+        placed = place_end(text, cursor, limit, slack, self._count)
+        end = None if placed == len(text) else placed
+        moved, window.end = end != window.end, end
+        return moved
+
+    @staticmethod
+    def _end(window: DocumentWindow, text: str) -> int:
+        return len(text) if window.end is None else window.end
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    def _encode_prefix(
+        self, window: DocumentWindow, layout: str, text: str, cursor: int
+    ) -> tuple[list[int], list[int]]:
+        pieces = split(layout, text, cursor, window.start, cursor)
+        prefix = self._encode(window, "prefix", pieces.prefix)
+        return prefix, self._encode(window, "line", pieces.line)
+
+    def _encode(self, window: DocumentWindow, piece: str, text: str) -> list[int]:
+        known = window.encoded.get(piece)
+        if known is not None and known[0] == text:
+            return known[1]
+        ids = self.tokenizer.encode(text) if text else []
+        window.encoded[piece] = (text, ids)
+        return ids
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text)) if text else 0

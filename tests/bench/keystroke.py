@@ -1,0 +1,259 @@
+"""Keystroke cost: time to the first new token after each edit of a scripted typing session in
+a 2,048-token Python file, through the prefix cache vs. a full recompute, and one decode step,
+all in the same run, on bigcode/tiny_starcoder_py's shape with random weights.
+
+    .venv/bin/python tests/bench/keystroke.py [--dtype fp32|bf16] [--keystrokes N] [--threads N]
+
+Prints a table per keystroke, a summary, and one JSON line last. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import sysconfig
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cache import ContextBudget, PrefixCache, PromptBuilder, layout_ids, prefill
+from model import GPTBigCodeConfig, GPTBigCodeForCausalLM
+from model.tokenizer import Tokenizer
+
+log = logging.getLogger("keystroke")
+
+ROOT = Path(__file__).resolve().parents[2]
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+URI = "file:///bench/session.py"
+CONTEXT_TOKENS = 2048
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SPECIALS = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
+
+# What the user types at the cursor, one character per keystroke; PASTE arrives in one edit
+# halfway through.
+TYPED = (
+    "def clamp(value, low, high):\n"
+    "    if value < low:\n"
+    "        return low\n"
+    "    if value > high:\n"
+    "        return high\n"
+    "    return value\n"
+)
+PASTE = (
+    "\n\ndef lerp(a, b, t):\n"
+    '    """Linear interpolation between a and b."""\n'
+    "    return a + (b - a) * t\n"
+)
+
+
+def tiny_starcoder_config(vocab_size: int) -> GPTBigCodeConfig:
+    """bigcode/tiny_starcoder_py's architecture (its weights are not used)."""
+    return GPTBigCodeConfig(
+        n_layer=20, n_embd=768, n_head=12, multi_query=True, vocab_size=vocab_size,
+        n_positions=8192, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=0, eos_token_id=0,
+    )
+
+
+def load_tokenizer() -> Tokenizer:
+    """The packaged tokenizer when there is one, else a byte-level BPE trained on the stdlib."""
+    packaged = ROOT / "model" / "default" / "tokenizer.json"
+    if packaged.exists():
+        return Tokenizer.from_file(packaged)
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    started = time.perf_counter()
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=16384, special_tokens=SPECIALS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(
+        (p.read_text(encoding="utf-8", errors="replace") for p in sorted(STDLIB.glob("*.py"))),
+        trainer,
+    )
+    log.info("trained a BPE tokenizer on the stdlib in %.1f s", time.perf_counter() - started)
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"keystroke-bench-{os.getpid()}.json"
+    backend.save(str(path))
+    try:
+        return Tokenizer.from_file(path)
+    finally:
+        path.unlink()
+
+
+def python_file(tok: Tokenizer, tokens: int) -> str:
+    """Whole lines of stdlib source adding up to `tokens` tokens."""
+    source = "".join(
+        (STDLIB / name).read_text(encoding="utf-8") for name in ("textwrap.py", "string.py")
+    )
+    lines = source.splitlines(keepends=True)
+    lo, hi = 1, len(lines)
+    while lo < hi:  # the most lines whose tokens fit
+        mid = (lo + hi + 1) // 2
+        if len(tok.encode("".join(lines[:mid]))) <= tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return "".join(lines[:lo])
+
+
+def session(text: str, cursor: int, keystrokes: int) -> list[tuple[str, int, str]]:
+    """(text, cursor, what was typed) after each keystroke."""
+    keys = list(TYPED * (1 + keystrokes // len(TYPED)))[: keystrokes - 1]
+    keys.insert(len(keys) // 2, PASTE)
+    states = []
+    for key in keys:
+        text = text[:cursor] + key + text[cursor:]
+        cursor += len(key)
+        states.append((text, cursor, "paste" if key == PASTE else repr(key)))
+    return states
+
+
+@dataclass
+class Keystroke:
+    key: str
+    context: int  # prompt tokens
+    computed: int  # tokens the cached path ran
+    build_ms: float  # prompt building (tokenising, window) inside cached_ms
+    cached_ms: float  # edit -> first new token, through the cache
+    full_ms: float | None  # edit -> first new token, recomputing the whole prompt
+    decode_ms: float  # one decode step at this context
+    same_token: bool | None = None  # both paths chose the same next token
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def run_keystroke(
+    lm: GPTBigCodeForCausalLM, tok: Tokenizer, builder: PromptBuilder, cache: PrefixCache,
+    text: str, cursor: int, key: str, full: bool,
+) -> Keystroke:
+    started = time.perf_counter()
+    prompt = builder.build(URI, text, cursor, "spm")
+    build = time.perf_counter() - started
+    result = prefill(lm, cache, prompt.key, prompt.ids)
+    token = int(result.next_token_logits.argmax())
+    cached = time.perf_counter() - started
+
+    # One decode step on the same buffers, kept as a server keeps its completion's tokens.
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = lm(torch.tensor([[token]]), past_key_values=result.kv, use_cache=True)
+    decode = time.perf_counter() - started
+    cache.commit(prompt.key, [*prompt.ids, token], result.kv, out.logits[0, -1].clone())
+
+    row = Keystroke(key, len(prompt.ids), result.computed, ms(build), ms(cached), None, ms(decode))
+    if full:
+        # What a backend without a cache pays: tokenise everything, run everything.
+        started = time.perf_counter()
+        ids = layout_ids("spm", tok, text, cursor, prompt.start, prompt.end)
+        with torch.inference_mode():
+            logits = lm(torch.tensor([ids]), use_cache=False, logits_to_keep=1).logits[0, -1]
+        full_token = int(logits.argmax())
+        row.full_ms = ms(time.perf_counter() - started)
+        row.same_token = token == full_token
+        if ids != prompt.ids:
+            raise AssertionError("the builder's prompt differs from a fresh tokenisation")
+    return row
+
+
+def summary(rows: list[Keystroke], field: str) -> dict[str, float]:
+    values = sorted(v for r in rows if (v := getattr(r, field)) is not None)
+    p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+    return {"median": round(statistics.median(values), 2), "p95": p95}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--keystrokes", type=int, default=40, help="edits to time (>= 2)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--full-every", type=int, default=1, help="time the full recompute every Nth keystroke"
+    )
+    args = parser.parse_args()
+    if args.keystrokes < 2 or args.full_every < 1:
+        parser.error("--keystrokes must be at least 2 and --full-every at least 1")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    tok = load_tokenizer()
+    text = python_file(tok, CONTEXT_TOKENS)
+    cursor = text.index("\n\n", int(len(text) * 0.8)) + 1  # a blank line near the end
+    lm = GPTBigCodeForCausalLM(tiny_starcoder_config(49152), attn_implementation="sdpa")
+    lm = lm.to(DTYPES[args.dtype]).eval()
+    cache = PrefixCache()
+    builder = PromptBuilder(tok, ContextBudget(tokens=CONTEXT_TOKENS + 256), stats=cache.stats)
+    log.info("file: %d tokens, %d characters; cursor at %d", len(tok.encode(text)), len(text),
+             cursor)
+
+    # Warm up both paths (allocator, kernels) on the unedited file.
+    for _ in range(2):
+        run_keystroke(lm, tok, builder, cache, text, cursor, "warm-up", full=True)
+    rows = []
+    print(f"{'key':>8} {'context':>7} {'ran':>4} {'build':>7} {'cached':>8} {'full':>9} "
+          f"{'decode':>8}   (ms)")
+    for i, (text_now, cursor_now, key) in enumerate(session(text, cursor, args.keystrokes)):
+        full = i % args.full_every == 0
+        row = run_keystroke(lm, tok, builder, cache, text_now, cursor_now, key, full)
+        rows.append(row)
+        print(f"{row.key:>8} {row.context:>7} {row.computed:>4} {row.build_ms:>7.2f} "
+              f"{row.cached_ms:>8.2f} {row.full_ms or float('nan'):>9.1f} "
+              f"{row.decode_ms:>8.2f}", flush=True)
+
+    cached, full, decode = (summary(rows, f) for f in ("cached_ms", "full_ms", "decode_ms"))
+    build = summary(rows, "build_ms")
+    full_over_cached = round(full["median"] / cached["median"], 1)
+    cached_over_decode = round(cached["median"] / decode["median"], 2)
+    print()
+    print(f"{'':>24} {'median':>9} {'p95':>9}")
+    for name, stats in (("cached (edit -> token)", cached), ("full recompute", full),
+                        ("decode step", decode), ("prompt build (in cached)", build)):
+        print(f"{name:>24} {stats['median']:>9.2f} {stats['p95']:>9.2f}")
+    print(f"full / cached = {full_over_cached}x (target >= 30x); "
+          f"cached / decode step = {cached_over_decode}x (target <= 2x)")
+    result = {
+        "bench": "keystroke", "shape": "tiny_starcoder_py (random weights)", "dtype": args.dtype,
+        "context_tokens": rows[-1].context, "keystrokes": len(rows),
+        "cached_ms": cached, "full_ms": full, "decode_ms": decode, "build_ms": build,
+        "full_over_cached": full_over_cached, "cached_over_decode": cached_over_decode,
+        "targets_met": full_over_cached >= 30 and cached_over_decode <= 2,
+        "full_timed": sum(r.full_ms is not None for r in rows),
+        "same_first_token": sum(bool(r.same_token) for r in rows),
+        "cache": asdict(cache.stats.snapshot()), "machine": machine(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
