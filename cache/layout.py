@@ -41,7 +41,7 @@ class TextTokenizer(Protocol):
     @property
     def fim(self) -> FimIds | None: ...
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode_text(self, text: str) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -100,5 +100,5 @@ def layout_ids(
     """The prompt ids for the window text[start:end] with the cursor at `cursor`."""
     check_layout(layout, tokenizer)
     pieces = split(layout, text, cursor, start, len(text) if end is None else end)
-    prefix, line, suffix = (tokenizer.encode(t) if t else [] for t in pieces)
+    prefix, line, suffix = (tokenizer.encode_text(t) if t else [] for t in pieces)
     return assemble(layout, tokenizer.fim, prefix, line, suffix)

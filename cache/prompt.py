@@ -182,9 +182,9 @@ class PromptBuilder:
         known = window.encoded.get(piece)
         if known is not None and known[0] == text:
             return known[1]
-        ids = self.tokenizer.encode(text) if text else []
+        ids = self.tokenizer.encode_text(text) if text else []
         window.encoded[piece] = (text, ids)
         return ids
 
     def _count(self, text: str) -> int:
-        return len(self.tokenizer.encode(text)) if text else 0
+        return len(self.tokenizer.encode_text(text)) if text else 0

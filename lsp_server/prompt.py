@@ -37,7 +37,7 @@ class VocabTokenizer(Protocol):
     @property
     def special_ids(self) -> frozenset[int]: ...
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode_text(self, text: str) -> list[int]: ...
 
     def decode_bytes(self, ids: list[int]) -> bytes: ...
 
@@ -59,11 +59,11 @@ def split_unstable_tail(
         return prefix, ""
     start = _window_start(prefix, tail.start())
     window = prefix[start:]
-    ids = tokenizer.encode(window)
+    ids = tokenizer.encode_text(window)
     ends = _token_ends(tokenizer, window, ids)
     lowest = max(len(ids) - max_tokens, 0 if start == 0 else 1)
     for count, end in _cuts(ends, tail.start() - start, lowest):
-        if tokenizer.encode(window[:end]) == ids[:count]:
+        if tokenizer.encode_text(window[:end]) == ids[:count]:
             return prefix[: start + end], prefix[start + end :]
     return prefix, ""
 

@@ -73,14 +73,19 @@ class KVCache:
     # -- writing --------------------------------------------------------------------------
 
     def reserve(self, length: int) -> None:
-        """Make room for `length` tokens; grows by doubling so appends stay amortised O(1)."""
+        """Make room for `length` tokens.
+
+        Growth is geometric (an eighth of the capacity, at least 64 tokens) so appends stay
+        amortised O(1) without doubling the memory of a long per-document entry.
+        """
         if length > self.max_length:
             raise ValueError(
                 f"sequence of {length} tokens exceeds the model's n_positions ({self.max_length})"
             )
         if length <= self.capacity:
             return
-        new_capacity = min(max(length, 2 * self.capacity), self.max_length)
+        step = max(self.capacity // 8, 64)
+        new_capacity = min(-(-max(length, self.capacity + step) // 64) * 64, self.max_length)
         shape = list(self.buffer.shape)
         shape[4] = new_capacity
         grown = torch.zeros(shape, dtype=self.buffer.dtype, device=self.buffer.device)

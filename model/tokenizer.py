@@ -195,6 +195,7 @@ class Tokenizer:
         self.special_ids = self._collect_special_ids()
         self._byte_level = _uses_byte_level_decoder(backend)
         self._bytes_of_id: dict[int, bytes] = {}
+        self._text_backend: tokenizers.Tokenizer | None = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
@@ -243,6 +244,15 @@ class Tokenizer:
         """Token ids of text, with no special tokens added."""
         return self._encode(text).ids
 
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of document text: spellings of special tokens in it ("<fim_middle>",
+        "<|endoftext|>") stay ordinary text, so a file cannot inject control tokens into a
+        prompt built around it."""
+        if self._text_backend is None:
+            self._text_backend = tokenizers.Tokenizer.from_str(self.backend.to_str())
+            self._text_backend.encode_special_tokens = True
+        return self._encode(text, self._text_backend).ids
+
     def encode_with_offsets(self, text: str) -> tuple[list[int], Offsets]:
         """Ids and each token's (start, end) character span in text.
 
@@ -262,11 +272,13 @@ class Tokenizer:
         # own character offsets are the best alignment there is.
         return ids, list(encoding.offsets)
 
-    def _encode(self, text: str) -> tokenizers.Encoding:
+    def _encode(
+        self, text: str, backend: tokenizers.Tokenizer | None = None
+    ) -> tokenizers.Encoding:
         if not isinstance(text, str):
             raise TokenizerError(f"text must be a str, got {type(text).__name__}")
         try:
-            return self.backend.encode(text, add_special_tokens=False)
+            return (backend or self.backend).encode(text, add_special_tokens=False)
         except TypeError:
             raise TokenizerError(_why_not_encodable(text)) from None
 

@@ -53,7 +53,7 @@ def one_thread() -> Iterator[None]:
 
 
 def words(tok: Tokenizer, text: str) -> list[int]:
-    return tok.encode(text) if text else []
+    return tok.encode_text(text) if text else []
 
 
 # -- layouts --------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ def test_psm_line_layout_puts_the_cursor_line_after_fim_middle(tok: Tokenizer) -
 
 def test_plain_layout_is_the_text_before_the_cursor(tok: Tokenizer) -> None:
     text = "import os\nos.getcwd()\n"
-    assert layout_ids("plain", tok, text, 12) == tok.encode(text[:12])
+    assert layout_ids("plain", tok, text, 12) == tok.encode_text(text[:12])
 
 
 def test_unknown_layout_and_bad_cursor_are_named(tok: Tokenizer) -> None:
@@ -102,7 +102,7 @@ def test_fim_layout_without_fim_tokens_is_refused(tmp_path: Path) -> None:
     plain = Tokenizer.from_file(tmp_path / "tokenizer.json")
     with pytest.raises(ValueError, match="needs FIM special tokens"):
         PromptBuilder(plain).build(URI, "x = 1\n", 3, layout="spm")
-    assert PromptBuilder(plain).build(URI, "x = 1\n", 3, layout="plain").ids == plain.encode("x =")
+    assert PromptBuilder(plain).build(URI, "x = 1\n", 3, layout="plain").ids == plain.encode_text("x =")
 
 
 def test_budget_names_the_setting_that_is_out_of_range() -> None:
@@ -152,7 +152,7 @@ def test_typing_500_characters_at_the_end_of_a_long_file_moves_the_window_rarely
 ) -> None:
     budget = ContextBudget(tokens=300)
     text = SOURCE[: SOURCE.index("\n", 2000) + 1]
-    assert len(tok.encode(text)) >= 2 * budget.tokens
+    assert len(tok.encode_text(text)) >= 2 * budget.tokens
     builder = PromptBuilder(tok, budget)
     prompt = builder.build(URI, text, len(text))
     moves, starts = 0, {prompt.start}

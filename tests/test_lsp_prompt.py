@@ -179,7 +179,7 @@ class _RandomVocab:
         self.vocab_size = size
         self.special_ids = frozenset({0})
 
-    def encode(self, text: str) -> list[int]:
+    def encode_text(self, text: str) -> list[int]:
         raise NotImplementedError
 
     def decode_bytes(self, ids: list[int]) -> bytes:
@@ -211,7 +211,7 @@ class _ContextualTokenizer:
     encodings = {"x abc": [0, 1], "x": [2], "": []}
     pieces = [b"x", b" abc", b"x"]
 
-    def encode(self, text: str) -> list[int]:
+    def encode_text(self, text: str) -> list[int]:
         return self.encodings[text]
 
     def decode_bytes(self, ids: list[int]) -> bytes:

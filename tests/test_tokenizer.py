@@ -383,3 +383,11 @@ def test_ids_and_offsets_match_transformers_fast_tokenizer(folders: dict[str, Pa
         ids, spans = starcoder.encode_with_offsets(text)
         assert ids == expected["input_ids"], text
         assert spans == expected["offset_mapping"], text
+
+
+def test_encode_text_keeps_special_token_spellings_as_ordinary_text(starcoder: Tokenizer):
+    text = "s = '<fim_middle>' + '<|endoftext|>'\n"
+    assert set(starcoder.encode(text)) & {0, 2}  # encode parses them...
+    ids = starcoder.encode_text(text)
+    assert not set(ids) & starcoder.special_ids  # ...encode_text does not
+    assert starcoder.decode(ids) == text
