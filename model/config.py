@@ -172,21 +172,11 @@ class GPTBigCodeConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GPTBigCodeConfig:
         """Build from a Hugging Face style dict; aliases are mapped and unknown keys kept."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        for key, value in data.items():
-            key = ALIASES.get(key, key)
-            if key == "dtype":  # the newer spelling of torch_dtype
-                key = "torch_dtype"
-            if key in known:
-                kwargs[key] = value
-            elif key in ("label2id", "model_type"):
-                continue  # derived from id2label / written by to_dict
-            else:
-                extra[key] = value
+        kwargs = {k: v for k, v in data.items() if k not in ("label2id", "model_type", "extra")}
+        if "dtype" in kwargs:  # the newer spelling of torch_dtype
+            kwargs.setdefault("torch_dtype", kwargs.pop("dtype"))
         try:
-            return cls(**kwargs, extra=extra)
+            return cls(**kwargs)
         except TypeError as exc:  # a value of the wrong kind, e.g. a list for an int
             raise ConfigError(f"invalid config: {exc}") from None
 
@@ -235,3 +225,27 @@ class GPTBigCodeConfig:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(self.to_json_string(), encoding="utf-8")
+
+
+def _accept_aliases(init: Any) -> Any:
+    """Let the constructor take transformers' generic names (hidden_size=...) and keep
+    unknown keyword arguments in `extra`, as transformers' configs do."""
+
+    def __init__(self: GPTBigCodeConfig, *args: Any, **kwargs: Any) -> None:
+        known = {f.name for f in dataclasses.fields(GPTBigCodeConfig)}
+        extra = dict(kwargs.pop("extra", None) or {})
+        for key in list(kwargs):
+            name = ALIASES.get(key, key)
+            if name in kwargs and name != key:
+                raise ConfigError(f"both {key!r} and its alias {name!r} were given")
+            if name in known:
+                kwargs[name] = kwargs.pop(key)
+            else:
+                extra[key] = kwargs.pop(key)
+        init(self, *args, extra=extra, **kwargs)
+
+    __init__.__doc__ = init.__doc__
+    return __init__
+
+
+GPTBigCodeConfig.__init__ = _accept_aliases(GPTBigCodeConfig.__init__)  # type: ignore[method-assign]

@@ -516,6 +516,11 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
             )
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"past_key_values holds {cache.batch_size} rows, input has {B}")
+        if cache is not None and (cache.dtype, cache.device) != (self.dtype, self.device):
+            raise ValueError(
+                f"past_key_values is {cache.dtype} on {cache.device} but the model is "
+                f"{self.dtype} on {self.device}; make the KVCache with the model's dtype and device"
+            )
         if cache is None and use_cache:
             cache = KVCache(cfg, B, capacity=T, dtype=self.wte.weight.dtype, device=self.device)
         if cache is not None:
@@ -526,6 +531,13 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
             position_ids = self.positions_from_mask(padding, past, T, B)
         elif position_ids.shape[-1] != T:
             raise ValueError(f"position_ids has length {position_ids.shape[-1]}, input has {T}")
+        elif position_ids.numel() and (
+            int(position_ids.min()) < 0 or int(position_ids.max()) >= cfg.n_positions
+        ):
+            raise ValueError(
+                f"position_ids must be in [0, {cfg.n_positions}) (n_positions), got values "
+                f"from {int(position_ids.min())} to {int(position_ids.max())}"
+            )
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
         x = x + self.wpe(position_ids)
         if token_type_ids is not None:
@@ -794,7 +806,9 @@ class GPTBigCodeForTokenClassification(GPTBigCodePreTrainedModel):
         self.transformer = GPTBigCodeModel(config, attn_implementation)
         dropout = config.classifier_dropout
         if dropout is None:
-            dropout = config.extra.get("hidden_dropout") or 0.1
+            dropout = config.extra.get("hidden_dropout")
+        if dropout is None:
+            dropout = 0.1
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.n_embd, self.num_labels)
         self.post_init()
