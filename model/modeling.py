@@ -389,15 +389,18 @@ class GPTBigCodePreTrainedModel(nn.Module):
         optional = set(cls.head_keys)
         if config.tie_word_embeddings:
             optional.add("lm_head.weight")
-        report = checkpoint.load_into(
-            model,
-            state,
-            optional=optional,
-            optional_unexpected=set(cls.foreign_head_keys) - set(cls.head_keys),
-            dtype=torch_dtype,
-            device=torch.device(device) if device is not None else torch.device("cpu"),
-            init_missing=model.init_missing,
-        )
+        try:
+            report = checkpoint.load_into(
+                model,
+                state,
+                optional=optional,
+                optional_unexpected=set(cls.foreign_head_keys) - set(cls.head_keys),
+                dtype=torch_dtype,
+                device=torch.device(device) if device is not None else torch.device("cpu"),
+                init_missing=model.init_missing,
+            )
+        except checkpoint.CheckpointError as exc:
+            raise checkpoint.CheckpointError(f"{folder}: {exc}") from None
         model.tie_weights()
         if report.missing_optional:
             log.info("%s: newly initialised: %s", folder, ", ".join(report.missing_optional))
