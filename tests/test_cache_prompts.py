@@ -102,7 +102,8 @@ def test_fim_layout_without_fim_tokens_is_refused(tmp_path: Path) -> None:
     plain = Tokenizer.from_file(tmp_path / "tokenizer.json")
     with pytest.raises(ValueError, match="needs FIM special tokens"):
         PromptBuilder(plain).build(URI, "x = 1\n", 3, layout="spm")
-    assert PromptBuilder(plain).build(URI, "x = 1\n", 3, layout="plain").ids == plain.encode_text("x =")
+    built = PromptBuilder(plain).build(URI, "x = 1\n", 3, layout="plain")
+    assert built.ids == plain.encode_text("x =")
 
 
 def test_budget_names_the_setting_that_is_out_of_range() -> None:
