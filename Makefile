@@ -21,8 +21,12 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check model cache tests
-	$(VENV)/bin/mypy model cache
+	$(VENV)/bin/ruff check model cache lsp_server tests
+	$(VENV)/bin/mypy model cache lsp_server
+
+# Drives the real server over stdio on a sample file with the packaged default model.
+demo: setup
+	$(PY) -m lsp_server.demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,520 @@
+"""The pygls server: document sync, inline and ordinary completions, options, model loading
+with progress, and the status command. Handlers are thin; the pipeline (completion.py) runs on
+the inference worker (worker.py), so the event loop never waits on the model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from .completion import (
+    Completion,
+    CompletionEngine,
+    CompletionRequest,
+    ModelChoice,
+    RequestLog,
+    RequestRecord,
+    TypeThrough,
+    load_engine,
+)
+from .documents import (
+    Document,
+    DocumentStore,
+    TextChange,
+    UnknownDocumentError,
+    choose_encoding,
+)
+from .options import Options, as_json, merge
+from .worker import InferenceWorker, Job
+
+log = logging.getLogger(__name__)
+
+NAME = "gptbigcode-lsp"
+STATUS_COMMAND = "gptbigcode.status"
+COMPLETION_TRIGGERS = [".", "(", "[", "{", ",", " "]
+_WORD_BEFORE = re.compile(r"\w*\Z")  # line breaks are not \w: it stays on the cursor's line
+WORD_CHARS = 256
+
+
+def _version() -> str:
+    try:
+        return metadata.version(NAME)
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+@dataclass(eq=False)
+class Pending:
+    """A completion request in flight for one document; a newer one supersedes it."""
+
+    task: asyncio.Task[Any] | None
+    superseded: asyncio.Future[None]
+    job: Job[Completion] | None = None
+
+    def supersede(self) -> None:
+        if not self.superseded.done():
+            self.superseded.set_result(None)
+        if self.job is not None:
+            self.job.cancel()
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """Text to insert at `offset` of `document`."""
+
+    document: Document
+    offset: int
+    text: str
+
+
+@dataclass
+class ModelState:
+    """What the status command reports of the model, updated on the event loop."""
+
+    state: str = "idle"  # idle (before initialized), loading, ready, failed
+    choice: ModelChoice | None = None
+    error: str | None = None
+    engine: CompletionEngine | None = None
+    loads: int = 0  # load attempts started; only the latest one may change the state
+
+
+@dataclass
+class ClientFacts:
+    """What `initialize` told us about the client."""
+
+    progress: bool = False  # window.workDoneProgress
+    messages: list[str] = field(default_factory=list)  # option problems to show once ready
+
+
+class GPTBigCodeServer(LanguageServer):
+    """The server's state: documents, options, the model and the requests in flight."""
+
+    def __init__(self) -> None:
+        super().__init__(NAME, _version())
+        self.documents = DocumentStore()
+        self.options = Options()
+        self.model = ModelState()
+        self.client = ClientFacts()
+        self.type_through = TypeThrough()
+        self.requests = RequestLog()
+        self._latest: dict[str, Pending] = {}
+        self._changed_at: dict[str, float] = {}
+        self._worker: InferenceWorker | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def worker(self) -> InferenceWorker:
+        if self._worker is None:
+            self._worker = InferenceWorker(asyncio.get_running_loop())
+        return self._worker
+
+    def spawn(self, coroutine: Any) -> None:
+        """Run a coroutine in the background, keeping a reference until it ends."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- options ----------------------------------------------------------------------------
+
+    def apply_options(self, raw: object) -> None:
+        """Merge client options; reload the model when model, device or dtype changed."""
+        old = self.options
+        self.options, messages = merge(old, raw)
+        if messages:
+            self.warn(messages)
+        changed = (old.model, old.device, old.dtype) != (
+            self.options.model, self.options.device, self.options.dtype
+        )
+        if changed and self.model.state != "idle":
+            self.spawn(self.load_model())
+
+    def warn(self, messages: list[str]) -> None:
+        for message in messages:
+            log.warning("%s", message)
+        self.window_show_message(
+            types.ShowMessageParams(type=types.MessageType.Warning, message="; ".join(messages))
+        )
+
+    # -- model loading ----------------------------------------------------------------------
+
+    async def load_model(self) -> None:
+        """Load the model the options name on the worker, reporting $/progress."""
+        model, options = self.model, self.options
+        model.loads += 1
+        attempt = model.loads
+        model.state, model.error, model.engine = "loading", None, None
+        token = await self._begin_progress(f"Loading {options.model}")
+        loop = asyncio.get_running_loop()
+
+        def report(message: str) -> None:  # called on the worker thread
+            loop.call_soon_threadsafe(self._report_progress, token, message)
+
+        try:
+            choice = model.choice = ModelChoice.from_options(options)
+            job = self.worker.submit(lambda _: load_engine(choice, options, report))
+            engine = await job.future
+        except Exception as error:
+            if attempt == model.loads:
+                self._load_failed(options.model, error, token)
+            return
+        if attempt != model.loads:
+            return
+        model.state, model.engine = "ready", engine
+        message = f"{choice.name} ready on {engine.device} ({_dtype_name(engine)})"
+        log.info("%s", message)
+        self._end_progress(token, message)
+
+    def _load_failed(self, name: str, error: Exception, token: str | None) -> None:
+        self.model.state = "failed"
+        self.model.error = f"could not load model {name!r}: {error or type(error).__name__}"
+        log.error("%s", self.model.error)
+        self._end_progress(token, "failed")
+        self.window_show_message(
+            types.ShowMessageParams(type=types.MessageType.Error, message=self.model.error)
+        )
+
+    async def _begin_progress(self, title: str) -> str | None:
+        if not self.client.progress:
+            return None
+        token = f"gptbigcode/load/{uuid.uuid4()}"
+        try:
+            await self.work_done_progress.create_async(token)
+        except Exception:  # a client that refuses simply gets no progress
+            log.info("the client refused a progress token", exc_info=True)
+            return None
+        self.work_done_progress.begin(
+            token, types.WorkDoneProgressBegin(title=title, cancellable=False)
+        )
+        return token
+
+    def _report_progress(self, token: str | None, message: str) -> None:
+        if token is not None:
+            self.work_done_progress.report(token, types.WorkDoneProgressReport(message=message))
+
+    def _end_progress(self, token: str | None, message: str) -> None:
+        if token is not None:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
+
+    # -- completions ------------------------------------------------------------------------
+
+    async def suggest(self, uri: str, position: types.Position, kind: str) -> Suggestion | None:
+        """The suggestion at `position`, or None. Latest wins per document: this request
+        supersedes an older one, which answers first, with nothing."""
+        started = time.perf_counter()
+        try:
+            document = self.documents.get(uri)
+        except UnknownDocumentError:
+            self._record(kind, started, "unknownDocument")
+            return None
+        offset = document.offset_at(position, self.documents.encoding)
+        pending = Pending(asyncio.current_task(), asyncio.get_running_loop().create_future())
+        older = self._latest.get(uri)
+        self._latest[uri] = pending
+        try:
+            if older is not None:
+                older.supersede()
+                if older.task is not None and not older.task.done():
+                    await asyncio.wait({older.task})  # its empty answer goes out first
+            return await self._suggest(document, offset, pending, kind, started)
+        except asyncio.CancelledError:  # $/cancelRequest: pygls answers RequestCancelled
+            pending.supersede()
+            if pending.job is not None:
+                self._record_when_done(pending.job, kind, started, "cancelled")
+            else:
+                self._record(kind, started, "cancelled")
+            raise
+        finally:
+            if self._latest.get(uri) is pending:
+                del self._latest[uri]
+
+    async def _suggest(
+        self, document: Document, offset: int, pending: Pending, kind: str, started: float
+    ) -> Suggestion | None:
+        uri, text = document.uri, document.text
+        prefix, suffix = text[:offset], text[offset:]
+        through = self.type_through.answer(uri, prefix, suffix)
+        if pending.superseded.done():
+            self._record(kind, started, "superseded")
+            return None
+        if through is not None:
+            self._record(kind, started, "typeThrough", chars=len(through))
+            return Suggestion(document, offset, through)
+        engine = self.model.engine
+        if engine is None:
+            self._record(kind, started, "notReady")
+            return None
+        delay = self._debounce_left(uri)
+        if delay > 0:
+            await asyncio.wait({pending.superseded}, timeout=delay)
+        if pending.superseded.done():
+            self._record(kind, started, "superseded")
+            return None
+        request = CompletionRequest(uri, text, offset, document.language_id or "python")
+        options = self.options
+        job = self.worker.submit(
+            lambda job: engine.complete(request, options, lambda: job.cancelled)
+        )
+        pending.job = job
+        either: set[asyncio.Future[Any]] = {job.future, pending.superseded}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if pending.superseded.done():
+            self._record_when_done(job, kind, started, "superseded")
+            return None
+        try:
+            completion = job.future.result()
+        except Exception:
+            log.exception("completion failed for %s", uri)
+            self._record(kind, started, "error")
+            return None
+        self.type_through.remember(uri, prefix, suffix, completion.text)
+        self._record(kind, started, "model", completion)
+        return Suggestion(document, offset, completion.text)
+
+    def _debounce_left(self, uri: str) -> float:
+        """Seconds to wait so that debounceMs have passed since the document last changed."""
+        changed = self._changed_at.get(uri)
+        if changed is None or self.options.debounce_ms <= 0:
+            return 0.0
+        return self.options.debounce_ms / 1000 - (time.perf_counter() - changed)
+
+    def _record_when_done(
+        self, job: Job[Completion], kind: str, started: float, outcome: str
+    ) -> None:
+        """Record an abandoned job once the worker has stopped it, with the steps it ran."""
+
+        def done(future: asyncio.Future[Completion]) -> None:
+            ran = None if future.cancelled() or future.exception() else future.result()
+            self._record(kind, started, outcome, ran)
+
+        job.future.add_done_callback(done)
+
+    def _record(
+        self,
+        kind: str,
+        started: float,
+        outcome: str,
+        completion: Completion | None = None,
+        chars: int = 0,
+    ) -> None:
+        total = (time.perf_counter() - started) * 1000
+        if completion is None:
+            self.requests.add(RequestRecord(kind, outcome, total, chars=chars))
+            return
+        self.requests.add(RequestRecord(
+            kind, outcome, total, completion.model_ms, completion.model_steps,
+            completion.new_tokens, completion.reused_tokens, completion.computed_tokens,
+            completion.stop_reason, len(completion.text),
+        ))
+
+    # -- documents --------------------------------------------------------------------------
+
+    def forget(self, uri: str) -> None:
+        """A document closed: drop its requests, its suggestion and its cache entries."""
+        pending = self._latest.pop(uri, None)
+        if pending is not None:
+            pending.supersede()
+        self.type_through.forget(uri)
+        self._changed_at.pop(uri, None)
+        engine = self.model.engine
+        if engine is not None:
+            self.worker.submit(lambda _: engine.forget(uri))
+
+    def touched(self, uri: str) -> None:
+        self._changed_at[uri] = time.perf_counter()
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self, with_requests: bool = False) -> dict[str, Any]:
+        """Model, device, dtype, state, cache statistics, latency percentiles, model steps."""
+        model, engine = self.model, self.model.engine
+        cache = asdict(engine.cache.stats.snapshot()) if engine is not None else None
+        report: dict[str, Any] = {
+            "model": model.choice.name if model.choice else self.options.model,
+            "device": str(engine.device) if engine else (model.choice and model.choice.device),
+            "dtype": _dtype_name(engine) if engine else None,
+            "state": model.state,
+            "ready": model.state == "ready",
+            "error": model.error,
+            "layout": engine.layout(self.options) if engine else None,
+            "positionEncoding": self.documents.encoding,
+            "documents": len(self.documents),
+            "cache": _camel_keys(cache) if cache is not None else None,
+            "latencyMs": self.requests.latency(),
+            "modelSteps": engine.model_steps if engine else 0,
+            "requests": dict(self.requests.counts),
+            "options": as_json(self.options),
+        }
+        if with_requests:
+            report["recent"] = [_camel_keys(asdict(r)) for r in self.requests.records]
+        return report
+
+
+def _dtype_name(engine: CompletionEngine) -> str:
+    return str(engine.dtype).removeprefix("torch.")
+
+
+def _camel_keys(values: dict[str, Any]) -> dict[str, Any]:
+    return {re.sub(r"_(\w)", lambda m: m.group(1).upper(), k): v for k, v in values.items()}
+
+
+server = GPTBigCodeServer()
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+
+
+@server.feature(types.INITIALIZE)
+def initialize(ls: GPTBigCodeServer, params: types.InitializeParams) -> None:
+    """Agree on the position encoding and read initializationOptions."""
+    general = params.capabilities.general
+    offered = general.position_encodings if general is not None else None
+    ls.documents.encoding = choose_encoding([getattr(e, "value", e) for e in offered or ()])
+    window = params.capabilities.window
+    ls.client.progress = bool(window is not None and window.work_done_progress)
+    ls.options, ls.client.messages = merge(ls.options, params.initialization_options)
+
+
+@server.feature(types.INITIALIZED)
+def initialized(ls: GPTBigCodeServer, params: types.InitializedParams) -> None:
+    """Show option problems, and start loading the model."""
+    if ls.client.messages:
+        ls.warn(ls.client.messages)
+    ls.spawn(ls.load_model())
+
+
+@server.feature(types.SHUTDOWN)
+def shutdown(ls: GPTBigCodeServer, params: None) -> None:
+    """Stop the inference worker after its current job."""
+    if ls._worker is not None:
+        ls._worker.stop()
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+def did_change_configuration(
+    ls: GPTBigCodeServer, params: types.DidChangeConfigurationParams
+) -> None:
+    """Merge changed options; a bad value gets a warning and keeps its old value."""
+    ls.apply_options(params.settings)
+
+
+# -- documents ------------------------------------------------------------------------------
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: GPTBigCodeServer, params: types.DidOpenTextDocumentParams) -> None:
+    """Track a newly opened document."""
+    item = params.text_document
+    ls.documents.open(item.uri, item.text, item.version, item.language_id)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: GPTBigCodeServer, params: types.DidChangeTextDocumentParams) -> None:
+    """Apply incremental (or whole-document) changes."""
+    uri = params.text_document.uri
+    changes = [TextChange(c.text, getattr(c, "range", None)) for c in params.content_changes]
+    try:
+        ls.documents.change(uri, params.text_document.version, changes)
+    except UnknownDocumentError:
+        log.warning("didChange for %s, which is not open", uri)
+        return
+    ls.touched(uri)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+def did_save(ls: GPTBigCodeServer, params: types.DidSaveTextDocumentParams) -> None:
+    """Nothing to do: the text is already in sync."""
+    log.debug("saved %s", params.text_document.uri)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: GPTBigCodeServer, params: types.DidCloseTextDocumentParams) -> None:
+    """Forget a closed document and its cache entries."""
+    uri = params.text_document.uri
+    try:
+        ls.documents.close(uri)
+    except UnknownDocumentError:
+        log.warning("didClose for %s, which is not open", uri)
+    ls.forget(uri)
+
+
+# -- completions ----------------------------------------------------------------------------
+
+
+@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+async def inline_completion(
+    ls: GPTBigCodeServer, params: types.InlineCompletionParams
+) -> types.InlineCompletionList:
+    """Suggest text at the cursor, for the editor to show inline."""
+    found = await ls.suggest(params.text_document.uri, params.position, "inline")
+    if found is None or not found.text:
+        return types.InlineCompletionList(items=[])
+    here = _position(found.document, found.offset, ls)
+    item = types.InlineCompletionItem(insert_text=found.text, range=types.Range(here, here))
+    return types.InlineCompletionList(items=[item])
+
+
+@server.feature(
+    types.TEXT_DOCUMENT_COMPLETION,
+    types.CompletionOptions(trigger_characters=COMPLETION_TRIGGERS, resolve_provider=False),
+)
+async def completion(ls: GPTBigCodeServer, params: types.CompletionParams) -> types.CompletionList:
+    """Suggest text at the cursor as one completion item replacing the word before it."""
+    found = await ls.suggest(params.text_document.uri, params.position, "completion")
+    if found is None or not found.text:
+        return types.CompletionList(is_incomplete=True, items=[])
+    return types.CompletionList(is_incomplete=True, items=[_completion_item(found, ls)])
+
+
+def _completion_item(found: Suggestion, ls: GPTBigCodeServer) -> types.CompletionItem:
+    """An item whose edit re-types the word before the cursor and adds the suggestion, so
+    that a client filtering by that word keeps it."""
+    document, offset = found.document, found.offset
+    word = _WORD_BEFORE.search(document.text, max(0, offset - WORD_CHARS), offset)
+    start = word.start() if word else offset
+    new_text = document.text[start:offset] + found.text
+    edit = types.TextEdit(
+        range=types.Range(_position(document, start, ls), _position(document, offset, ls)),
+        new_text=new_text,
+    )
+    return types.CompletionItem(
+        label=_label(new_text),
+        kind=types.CompletionItemKind.Text,
+        detail="gptbigcode",
+        documentation=types.MarkupContent(kind=types.MarkupKind.PlainText, value=new_text),
+        filter_text=new_text,
+        sort_text="0",
+        preselect=True,
+        insert_text_format=types.InsertTextFormat.PlainText,
+        text_edit=edit,
+    )
+
+
+def _label(text: str, width: int = 60) -> str:
+    line = next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
+    more = "…" if len(line) > width or line != text.strip() else ""
+    return line[:width] + more
+
+
+def _position(document: Document, offset: int, ls: GPTBigCodeServer) -> types.Position:
+    line, character = document.position_at(offset, ls.documents.encoding)
+    return types.Position(line=line, character=character)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+@server.command(STATUS_COMMAND)
+def status(ls: GPTBigCodeServer, *args: Any) -> dict[str, Any]:
+    """Model, device, dtype, readiness, cache statistics, latency percentiles, model steps.
+    Pass `{"requests": true}` to add the latest requests, one record each."""
+    with_requests = any(isinstance(a, dict) and a.get("requests") for a in args)
+    return ls.status(with_requests)
