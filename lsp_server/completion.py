@@ -20,14 +20,13 @@ from model.generation import decode_one_token, sample
 
 from .options import Options
 from .postprocess import postprocess, wants_single_line
-from .prompt import WINDOW_CHARS, TokenIndex, split_unstable_tail, token_index
+from .prompt import TokenIndex, split_unstable_tail, token_index
 
 log = logging.getLogger(__name__)
 
 # Tokens kept free beyond the document text: the three FIM tokens, and the tokens that
 # re-type the text partial-token repair took off the prompt.
 RESERVED_TOKENS = 3 + 16
-TAIL_CHARS = 4 * WINDOW_CHARS  # of the prefix searched for the text to re-type
 MiB = 1 << 20
 
 
@@ -227,7 +226,7 @@ class _Generation:
     def complete(self) -> Completion:
         request, engine = self.request, self.engine
         prefix = request.prefix
-        stable, typed = _split_tail(engine.tokenizer, prefix)
+        stable, typed = split_unstable_tail(engine.tokenizer, prefix)
         # The prompt ends before the text a next keystroke could re-tokenise; generation
         # re-types that text first (and so keeps the prompt, and its cache, unchanged).
         shown = stable + request.suffix
@@ -336,14 +335,6 @@ class _Generation:
             logits.float()[None], do_sample=True, temperature=temperature, top_p=self.options.top_p
         )
         return int(token.item())
-
-
-def _split_tail(tokenizer: Tokenizer, prefix: str) -> tuple[str, str]:
-    """split_unstable_tail on the prefix's last lines only: its `\\Z`-anchored search would
-    otherwise try every position of the whole prefix (milliseconds on a long file)."""
-    cut = prefix.find("\n", max(len(prefix) - TAIL_CHARS, 0)) + 1 if len(prefix) > TAIL_CHARS else 0
-    stable, typed = split_unstable_tail(tokenizer, prefix[cut:]) if prefix else ("", "")
-    return prefix[:cut] + stable, typed
 
 
 def _whole_characters(data: bytes) -> str:

@@ -26,6 +26,8 @@ from typing import Protocol
 # pieces; BPE never merges across them).
 _UNSTABLE_TAIL = re.compile(r"(?: ?\w+| ?[^\s\w]+|\s+)\Z")
 WINDOW_CHARS = 256  # of prefix re-tokenised to find the tail's token boundaries
+# A `\Z`-anchored search tries every start position: look only at the end of the prefix.
+TAIL_SEARCH_CHARS = 4 * WINDOW_CHARS
 
 
 class VocabTokenizer(Protocol):
@@ -54,7 +56,7 @@ def split_unstable_tail(
     tokens back, else `max_tokens` back (inside a long word). (prefix, "") when no boundary
     qualifies.
     """
-    tail = _UNSTABLE_TAIL.search(prefix)
+    tail = _UNSTABLE_TAIL.search(prefix, max(len(prefix) - TAIL_SEARCH_CHARS, 0))
     if tail is None:
         return prefix, ""
     start = _window_start(prefix, tail.start())
