@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # The CPU build of torch; on a GPU machine set TORCH to the build you want.
 TORCH ?= torch==2.13.0
+NPM ?= npm
+VSCODE := editors/vscode
 
-.PHONY: setup test lint demo clean
+.PHONY: setup editors test lint demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +19,18 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-test: setup
+# The VS Code extension's packages, for its build and protocol tests in tests/test_editors.py
+# (which skips them where there is no npm). The test checks the same stamp.
+$(VSCODE)/node_modules/.installed: $(VSCODE)/package-lock.json
+	cd $(VSCODE) && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+editors:
+	@if command -v $(NPM) >/dev/null 2>&1; then \
+		$(MAKE) -s --no-print-directory $(VSCODE)/node_modules/.installed; \
+	else echo "npm not found: the VS Code extension's tests will be skipped"; fi
+
+test: setup editors
 	$(PY) -m pytest
 
 lint: setup
@@ -29,4 +42,4 @@ demo: setup
 	$(PY) -m lsp_server.demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(VSCODE)/node_modules $(VSCODE)/dist $(VSCODE)/*.vsix

@@ -1,0 +1,83 @@
+--- :checkhealth gptbigcode — the Neovim version's features, the server executable, and
+--- whether the running server's model is ready.
+
+local M = {}
+
+local function check_neovim()
+  if vim.fn.has("nvim-0.11") == 1 then
+    vim.health.ok("Neovim 0.11+: vim.lsp.config / vim.lsp.enable, vim.lsp.completion")
+  else
+    vim.health.warn("Neovim before 0.11: started with vim.lsp.start; no vim.lsp.completion")
+  end
+  if vim.lsp.inline_completion then
+    vim.health.ok("vim.lsp.inline_completion: suggestions show inline")
+  else
+    vim.health.info("no vim.lsp.inline_completion (Neovim 0.12+): suggestions come in the completion menu")
+  end
+end
+
+--- `python -m module`: is the module importable by that interpreter?
+local function check_module(python, module)
+  local result = vim.system({ python, "-c", "import " .. module }, { text = true }):wait()
+  if result.code == 0 then
+    vim.health.ok(string.format("%s can import %s", python, module))
+  else
+    vim.health.error(string.format("%s cannot import %s", python, module), {
+      vim.trim(result.stderr or ""),
+      "install the server into that environment: pip install -e <repository>",
+    })
+  end
+end
+
+local function check_executable(cmd)
+  if type(cmd) ~= "table" then
+    vim.health.info("cmd is a function: not checked")
+    return
+  end
+  local executable = cmd[1]
+  if vim.fn.executable(executable) == 1 then
+    vim.health.ok("server executable found: " .. vim.fn.exepath(executable))
+    if cmd[2] == "-m" and cmd[3] then
+      check_module(executable, cmd[3])
+    end
+  else
+    vim.health.error("server executable not found: " .. tostring(executable), {
+      "install gptbigcode-lsp (pip install -e <repository>), or set cmd in setup{}, e.g.",
+      'cmd = { "/path/to/venv/bin/python", "-m", "lsp_server" }',
+    })
+  end
+end
+
+local function check_model(gptbigcode)
+  local running = vim.lsp.get_clients({ name = gptbigcode.name })
+  if #running == 0 then
+    vim.health.info("no gptbigcode client is running: open a file of a configured filetype")
+    return
+  end
+  local status, err = gptbigcode.status()
+  if not status then
+    vim.health.error(err)
+  elseif status.state == "ready" then
+    vim.health.ok("model ready: " .. gptbigcode.describe(status))
+  elseif status.state == "failed" then
+    vim.health.error("model failed to load: " .. tostring(status.error), {
+      "set options.model in setup{} to a checkpoint folder, or to \"default\"",
+    })
+  else
+    vim.health.warn("model not ready yet: " .. gptbigcode.describe(status))
+  end
+end
+
+function M.check()
+  vim.health.start("gptbigcode")
+  local gptbigcode = require("gptbigcode")
+  check_neovim()
+  if not gptbigcode.config then
+    vim.health.error('setup() was not called: require("gptbigcode").setup({})')
+    return
+  end
+  check_executable(gptbigcode.config.cmd)
+  check_model(gptbigcode)
+end
+
+return M

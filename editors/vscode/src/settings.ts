@@ -1,0 +1,69 @@
+/** The extension's settings as the server's options and command line. Free of the `vscode`
+ * module, so that the protocol tests run it in plain Node. */
+
+import { homedir } from "node:os";
+
+export const SECTION = "gptbigcode";
+export const STATUS_COMMAND = "gptbigcode.status";
+
+/** Settings (under "gptbigcode.") that are server options, under the same camelCase key. */
+export const SERVER_OPTION_KEYS = [
+  "model",
+  "device",
+  "dtype",
+  "maxNewTokens",
+  "temperature",
+  "topP",
+  "contextTokens",
+  "fimLayout",
+  "stop",
+  "debounceMs",
+  "timeBudgetMs",
+  "cacheBudgetMb",
+] as const;
+
+/** Reads one setting by its key under "gptbigcode." (`getConfiguration("gptbigcode").get`). */
+export type ReadSetting = (key: string) => unknown;
+
+export interface ServerCommand {
+  command: string;
+  args: string[];
+}
+
+/** initializationOptions, and the section sent with workspace/didChangeConfiguration: every
+ * server option, null where unset (the server then uses its own default). */
+export function serverOptions(read: ReadSetting): Record<string, unknown> {
+  const options: Record<string, unknown> = {};
+  for (const key of SERVER_OPTION_KEYS) {
+    const value = read(key);
+    options[key] = value === undefined ? null : value;
+  }
+  return options;
+}
+
+/** How to start the server: `server.command` when set, else `server.pythonPath -m lsp_server`
+ * when that is set, else `gptbigcode-lsp` from the PATH; `server.args` follow. */
+export function serverCommand(read: ReadSetting): ServerCommand {
+  const args = stringList(read("server.args"));
+  const command = expandHome(text(read("server.command")));
+  if (command) {
+    return { command, args };
+  }
+  const python = expandHome(text(read("server.pythonPath")));
+  if (python) {
+    return { command: python, args: ["-m", "lsp_server", ...args] };
+  }
+  return { command: "gptbigcode-lsp", args };
+}
+
+function text(value: unknown): string {
+  return typeof value === "string" ? value.trim() : "";
+}
+
+function stringList(value: unknown): string[] {
+  return Array.isArray(value) ? value.filter((item): item is string => typeof item === "string") : [];
+}
+
+function expandHome(path: string): string {
+  return path === "~" || path.startsWith("~/") ? homedir() + path.slice(1) : path;
+}
