@@ -4,12 +4,16 @@ choice and logging. Logs go to stderr or --log-file, never to stdout, which is t
 from __future__ import annotations
 
 import argparse
+import enum
 import importlib.util
+import io
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO, cast
 
 DEFAULT_PORT = 2087
+_KEPT_CHARS = 80  # log arguments of pygls kept as they are: method names, request ids
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +47,38 @@ def configure_logging(verbose: int, log_file: str | None) -> None:
         logging.StreamHandler(sys.stderr)
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ProtocolRedaction())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     if verbose < 2:
         logging.getLogger("pygls").setLevel(max(level, logging.WARNING))
+
+
+class ProtocolRedaction(logging.Filter):
+    """Keeps message contents out of pygls' log records: its debug and info lines carry
+    whole JSON bodies and params, which hold document text and completions (secrets among
+    them). Numbers and short one-line strings (method names, ids) stay; any other argument
+    becomes its kind and size. Our own modules never log text, at any verbosity."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("pygls") and record.args:
+            args = record.args
+            values = (args,) if isinstance(args, Mapping) else args
+            record.args = tuple(_redacted(value) for value in values)
+        return True
+
+
+def _redacted(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | enum.Enum):
+        return value
+    if isinstance(value, str):
+        short = len(value) <= _KEPT_CHARS and value.isprintable()
+        return value if short and not value.startswith(("{", "[")) else f"<{len(value)} chars>"
+    if isinstance(value, BaseException):
+        return f"<{type(value).__name__}>"
+    size = f", {len(value)} items" if isinstance(value, Mapping | list | tuple) else ""
+    return f"<{type(value).__name__}{size}>"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .options import merge
     from .server import server
+    from .wire import FramedInput
 
     if args.threads is not None:
         torch.set_num_threads(max(args.threads, 1))
@@ -77,5 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         protocol_out = sys.stdout.buffer
         sys.stdout = sys.stderr  # a stray print must not corrupt the protocol stream
-        server.start_io(sys.stdin.buffer, protocol_out)
+        # stdin is a BufferedReader (typed BinaryIO); FramedInput offers pygls the two
+        # methods it reads with, readline and read.
+        framed = FramedInput(cast(io.BufferedReader, sys.stdin.buffer))
+        server.start_io(cast(BinaryIO, framed), protocol_out)
     return 0

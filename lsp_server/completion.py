@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 # re-type the text partial-token repair took off the prompt.
 RESERVED_TOKENS = 3 + 16
 MiB = 1 << 20
+# Test hook: faults to raise in successive generations, e.g. "error,,oom" (see InjectedFaults).
+FAULTS_VARIABLE = "GPTBIGCODE_TEST_FAULTS"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON decoding joins pairs: any left is lone
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,14 @@ class CompletionRequest:
     @property
     def suffix(self) -> str:
         return self.text[self.cursor :]
+
+    def as_valid_unicode(self) -> CompletionRequest:
+        """The request with each lone surrogate (a JSON escape such as "\\ud800" in the
+        client's text) as U+FFFD, which the tokenizer takes. Both are one code point, one
+        UTF-16 unit and three UTF-8 bytes, so no offset or position moves."""
+        if self.text.isascii() or not _LONE_SURROGATE.search(self.text):
+            return self
+        return replace(self, text=_LONE_SURROGATE.sub("\ufffd", self.text))
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,7 @@ class CompletionEngine:
         self.stop_ids = frozenset(tokenizer.special_ids) | set(model.config.eos_token_ids)
         self.model_steps = 0  # forward passes of all requests, counted as they run
         self.cache = PrefixCache()
+        self.faults = InjectedFaults.from_environment()
         self.options = Options()
         self.builder = PromptBuilder(tokenizer, self._budget(self.options), self.cache.stats)
         self.configure(options or Options())
@@ -196,10 +210,22 @@ class CompletionEngine:
         options = options or self.options
         if options is not self.options:
             self.configure(options)
-        run = _Generation(self, request, options, cancelled)
-        completion = run.complete()
+        run = _Generation(self, request.as_valid_unicode(), options, cancelled)
+        try:
+            completion = run.complete()
+        except torch.OutOfMemoryError:
+            self._free_memory()
+            raise
         elapsed = (time.perf_counter() - started) * 1000
         return replace(completion, total_ms=elapsed)
+
+    def _free_memory(self) -> None:
+        """After running out of memory: drop every cache entry, so that the next request
+        (which starts cold) has the room they held."""
+        log.warning("out of memory during a completion: the prefix cache is cleared")
+        self.cache.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 class _Generation:
@@ -238,6 +264,7 @@ class _Generation:
         self.model_seconds += time.perf_counter() - started
         if filled.computed:
             self._count_step()
+        engine.faults.next()
         new_ids, reason = self._decode(filled.next_token_logits, filled.kv, typed.encode())
         data = engine.tokenizer.decode_bytes(new_ids) if new_ids else b""
         generated = _cut_at_stops(
@@ -360,6 +387,36 @@ def _cut_at_stops(text: str, stops: Sequence[str], single_line: bool) -> tuple[s
         if breaks and min(breaks) < cut:
             cut, why = min(breaks), "newline"
     return text[:cut], why
+
+
+class InjectedFaults:
+    """A test hook, inert in normal use: with GPTBIGCODE_TEST_FAULTS set (comma-separated),
+    the n-th generation, after its prompt's forward pass, raises the n-th fault: "error"
+    a RuntimeError, "oom" torch.OutOfMemoryError, "" nothing. Tests use it to check that the
+    worker and the server recover from a failure inside generation."""
+
+    KINDS = ("", "error", "oom")
+
+    def __init__(self, plan: Iterable[str] = ()) -> None:
+        self.plan = deque(plan)
+        unknown = [fault for fault in self.plan if fault not in self.KINDS]
+        if unknown:
+            raise ValueError(
+                f"{FAULTS_VARIABLE}: unknown fault(s) {unknown}; expected a comma-separated "
+                "list of 'error', 'oom' or nothing"
+            )
+
+    @classmethod
+    def from_environment(cls) -> InjectedFaults:
+        value = os.environ.get(FAULTS_VARIABLE)
+        return cls(value.split(",") if value else ())
+
+    def next(self) -> None:
+        fault = self.plan.popleft() if self.plan else ""
+        if fault == "error":
+            raise RuntimeError(f"injected fault ({FAULTS_VARIABLE})")
+        if fault == "oom":
+            raise torch.OutOfMemoryError(f"injected out of memory ({FAULTS_VARIABLE})")
 
 
 # ---- type-through

@@ -5,6 +5,7 @@ the inference worker (worker.py), so the event loop never waits on the model."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -14,6 +15,7 @@ from importlib import metadata
 from typing import Any
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 
 from .completion import (
@@ -34,6 +36,7 @@ from .documents import (
     choose_encoding,
 )
 from .options import Options, as_json, merge
+from .wire import WireProtocol
 from .worker import InferenceWorker, Job
 
 log = logging.getLogger(__name__)
@@ -92,14 +95,17 @@ class ClientFacts:
     """What `initialize` told us about the client."""
 
     progress: bool = False  # window.workDoneProgress
+    initialized: bool = False  # the `initialized` notification came (a repeat is ignored)
     messages: list[str] = field(default_factory=list)  # option problems to show once ready
 
 
 class GPTBigCodeServer(LanguageServer):
     """The server's state: documents, options, the model and the requests in flight."""
 
+    protocol: WireProtocol
+
     def __init__(self) -> None:
-        super().__init__(NAME, _version())
+        super().__init__(NAME, _version(), protocol_cls=WireProtocol)
         self.documents = DocumentStore()
         self.options = Options()
         self.model = ModelState()
@@ -110,12 +116,23 @@ class GPTBigCodeServer(LanguageServer):
         self._changed_at: dict[str, float] = {}
         self._worker: InferenceWorker | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._failure_shown = False  # a failed completion was shown; none succeeded since
 
     @property
     def worker(self) -> InferenceWorker:
         if self._worker is None:
             self._worker = InferenceWorker(asyncio.get_running_loop())
         return self._worker
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """Protocol errors go to the log, not to the user's screen (pygls would show each one:
+        a client sending bad messages would cause a storm). A frame whose body is not JSON
+        is answered with a Parse error; the read loop reports those with source
+        JsonRpcException."""
+        if source is JsonRpcException and isinstance(error, ValueError | RecursionError):
+            self.protocol.answer_unreadable()
+        log.warning("protocol error (%s): %s", getattr(source, "__name__", source),
+                    type(error).__name__)
 
     def spawn(self, coroutine: Any) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""
@@ -271,13 +288,26 @@ class GPTBigCodeServer(LanguageServer):
             return None
         try:
             completion = job.future.result()
-        except Exception:
+        except Exception as error:
             log.exception("completion failed for %s", uri)
             self._record(kind, started, "error")
+            self._completion_failed(error)
             return None
+        self._failure_shown = False
         self.type_through.remember(uri, prefix, suffix, completion.text)
         self._record(kind, started, "model", completion)
         return Suggestion(document, offset, completion.text)
+
+    def _completion_failed(self, error: Exception) -> None:
+        """Show a failure once; more failures before a success go to the log only."""
+        if self._failure_shown:
+            return
+        self._failure_shown = True
+        detail = _short(f"{type(error).__name__}: {error}", 300)
+        self.window_show_message(types.ShowMessageParams(
+            type=types.MessageType.Error,
+            message=f"gptbigcode: a completion failed ({detail}); the next one will try again",
+        ))
 
     def _debounce_left(self, uri: str) -> float:
         """Seconds to wait so that debounceMs have passed since the document last changed."""
@@ -333,8 +363,9 @@ class GPTBigCodeServer(LanguageServer):
 
     # -- status -----------------------------------------------------------------------------
 
-    def status(self, with_requests: bool = False) -> dict[str, Any]:
-        """Model, device, dtype, state, cache statistics, latency percentiles, model steps."""
+    def status(self, with_requests: bool = False, uri: str | None = None) -> dict[str, Any]:
+        """Model, device, dtype, state, cache statistics, latency percentiles, model steps,
+        the worker's queue; with `uri`, a digest of that document's text."""
         model, engine = self.model, self.model.engine
         cache = asdict(engine.cache.stats.snapshot()) if engine is not None else None
         report: dict[str, Any] = {
@@ -351,15 +382,39 @@ class GPTBigCodeServer(LanguageServer):
             "latencyMs": self.requests.latency(),
             "modelSteps": engine.model_steps if engine else 0,
             "requests": dict(self.requests.counts),
+            "worker": _camel_keys(asdict(self._worker.snapshot())) if self._worker else None,
             "options": as_json(self.options),
         }
         if with_requests:
             report["recent"] = [_camel_keys(asdict(r)) for r in self.requests.records]
+        if uri is not None:
+            report["document"] = self.digest(uri)
         return report
+
+    def digest(self, uri: str) -> dict[str, Any] | None:
+        """Version, length and SHA-256 of an open document's text (None when it is not open):
+        enough to check the server's copy against the client's, while the text itself never
+        leaves the server."""
+        try:
+            document = self.documents.get(uri)
+        except UnknownDocumentError:
+            return None
+        data = document.text.encode("utf-8", "surrogatepass")  # lone surrogates hash too
+        return {
+            "uri": uri,
+            "version": document.version,
+            "length": len(document.text),
+            "utf8Bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
 
 
 def _dtype_name(engine: CompletionEngine) -> str:
     return str(engine.dtype).removeprefix("torch.")
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _camel_keys(values: dict[str, Any]) -> dict[str, Any]:
@@ -385,7 +440,12 @@ def initialize(ls: GPTBigCodeServer, params: types.InitializeParams) -> None:
 
 @server.feature(types.INITIALIZED)
 def initialized(ls: GPTBigCodeServer, params: types.InitializedParams) -> None:
-    """Show option problems, and start loading the model."""
+    """Show option problems, and start loading the model (once: a repeated notification
+    must not reload it)."""
+    if ls.client.initialized:
+        log.warning("initialized was sent again; ignored")
+        return
+    ls.client.initialized = True
     if ls.client.messages:
         ls.warn(ls.client.messages)
     ls.spawn(ls.load_model())
@@ -515,6 +575,8 @@ def _position(document: Document, offset: int, ls: GPTBigCodeServer) -> types.Po
 @server.command(STATUS_COMMAND)
 def status(ls: GPTBigCodeServer, *args: Any) -> dict[str, Any]:
     """Model, device, dtype, readiness, cache statistics, latency percentiles, model steps.
-    Pass `{"requests": true}` to add the latest requests, one record each."""
-    with_requests = any(isinstance(a, dict) and a.get("requests") for a in args)
-    return ls.status(with_requests)
+    Pass `{"requests": true}` to add the latest requests, one record each, and
+    `{"document": uri}` for a digest (length, SHA-256) of the server's text of a document."""
+    options = {k: v for a in args if isinstance(a, dict) for k, v in a.items()}
+    uri = options.get("document")
+    return ls.status(bool(options.get("requests")), uri if isinstance(uri, str) else None)

@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,26 @@ class Job(Generic[T]):
         return self.flag.is_set()
 
 
+@dataclass
+class QueueStats:
+    """How deep the job queue is and has been: cancelled jobs wait in it until the worker
+    skips them, so the high-water mark shows whether superseding keeps it bounded."""
+
+    queued: int = 0  # jobs submitted and not started (skipped ones included)
+    queued_max: int = 0
+    submitted: int = 0
+    skipped: int = 0  # cancelled before they started
+    failed: int = 0  # raised an exception
+
+
 class InferenceWorker:
     """A thread that owns the model and runs jobs one at a time, in submission order."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, name: str = "inference") -> None:
         self._loop = loop
         self._jobs: queue.SimpleQueue[Job[Any] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # the stats are counted from both threads
+        self.stats = QueueStats()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -52,8 +66,17 @@ class InferenceWorker:
         """Queue `work`, called on the worker thread with its Job (to poll `cancelled`)."""
         job: Job[T] = Job(work, self._loop.create_future())
         job.future.add_done_callback(_mark_retrieved)
+        with self._lock:
+            stats = self.stats
+            stats.submitted += 1
+            stats.queued += 1
+            stats.queued_max = max(stats.queued_max, stats.queued)
         self._jobs.put(job)
         return job
+
+    def snapshot(self) -> QueueStats:
+        with self._lock:
+            return replace(self.stats)
 
     def stop(self) -> None:
         """Let the thread end after the jobs already queued."""
@@ -64,6 +87,9 @@ class InferenceWorker:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
+            with self._lock:
+                self.stats.queued -= 1
+                self.stats.skipped += job.cancelled
             if job.cancelled:
                 self._settle(job.future, None, JobCancelled())
                 continue
@@ -71,6 +97,8 @@ class InferenceWorker:
                 result = job.work(job)
             except Exception as error:  # delivered to the awaiting handler, which reports it
                 log.debug("job failed", exc_info=True)
+                with self._lock:
+                    self.stats.failed += 1
                 self._settle(job.future, None, error)
             else:
                 self._settle(job.future, result, None)
