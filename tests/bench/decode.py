@@ -1,0 +1,188 @@
+"""Prefill and decode speed, ours vs transformers 4.56.2 on identical weights, in one run.
+
+Shapes: bigcode/tiny_starcoder_py's (20 layers, 768 wide, 12 heads, MQA, 49,152 vocabulary)
+with random weights, and the packaged default model when it is installed. For each dtype it
+reports prefill tokens/s at 512 and 2,048 tokens and decode ms/token at 512 and 2,048 tokens
+of context, plus the memory bandwidth measured in the same run and the decode floor it implies
+(weight bytes / bandwidth). Run by hand:
+
+    .venv/bin/python tests/bench/decode.py [--dtypes fp32,bf16] [--steps 16] [--threads N]
+
+Prints a table and, last, one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import transformers
+
+from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, KVCache
+from model.checkpoint import CheckpointError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TINY_STARCODER = dict(
+    vocab_size=49152, n_positions=8192, n_embd=768, n_layer=20, n_head=12, multi_query=True,
+    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+)
+
+
+def median_ms(run: Callable[[], Any], repeats: int) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def measure_bandwidth(megabytes: int = 1024, repeats: int = 5) -> float:
+    """Bytes per second of a large read (a sum over a buffer much bigger than the caches)."""
+    buffer = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
+    ms = median_ms(lambda: buffer.sum(), repeats)
+    return buffer.numel() * 4 / (ms / 1000)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() * p.element_size() for p in unique)
+
+
+def hf_twin(ours: GPTBigCodeForCausalLM) -> torch.nn.Module:
+    config = transformers.GPTBigCodeConfig(**{
+        k: v for k, v in ours.config.to_dict().items()
+        if k not in ("extra", "torch_dtype", "architectures", "id2label", "label2id")
+    })
+    config._attn_implementation = "sdpa"
+    twin = transformers.GPTBigCodeForCausalLM(config).eval()
+    twin.load_state_dict(ours.state_dict())
+    return twin.to(ours.dtype)
+
+
+def ours_prefill(model: GPTBigCodeForCausalLM, ids: torch.Tensor) -> Callable[[], Any]:
+    return lambda: model(ids, use_cache=True, logits_to_keep=1)
+
+
+def hf_prefill(model: torch.nn.Module, ids: torch.Tensor) -> Callable[[], Any]:
+    # transformers' GPTBigCode has no logits_to_keep: its prefill (generate's too) computes
+    # logits for every position, which is what it costs.
+    return lambda: model(ids, use_cache=True)
+
+
+def ours_decode_ms(model: GPTBigCodeForCausalLM, ids: torch.Tensor, steps: int) -> float:
+    cache = KVCache(model.config, 1, ids.shape[1] + steps + 1, dtype=model.dtype)
+    model(ids, past_key_values=cache, logits_to_keep=1)
+    token = ids[:, -1:]
+    context = cache.length
+
+    def run() -> None:
+        cache.truncate(context)
+        for _ in range(steps):
+            logits = model(token, past_key_values=cache).logits
+            token.copy_(logits[:, -1].argmax(-1, keepdim=True))
+
+    return median_ms(run, 3) / steps
+
+
+def hf_decode_ms(model: torch.nn.Module, ids: torch.Tensor, steps: int) -> float:
+    cache = model(ids, use_cache=True).past_key_values
+    token = ids[:, -1:].clone()
+    context = ids.shape[1]
+
+    def run() -> None:
+        cache.crop(context)
+        for _ in range(steps):
+            logits = model(token, past_key_values=cache, use_cache=True).logits
+            token.copy_(logits[:, -1].argmax(-1, keepdim=True))
+
+    return median_ms(run, 3) / steps
+
+
+def bench_shape(
+    name: str, ours: GPTBigCodeForCausalLM, dtype_name: str, steps: int, bandwidth: float
+) -> list[dict[str, Any]]:
+    dtype = DTYPES[dtype_name]
+    ours = ours.to(dtype)
+    hf = hf_twin(ours)
+    floor_ms = weight_bytes(ours) / bandwidth * 1000
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    for context in (512, 2048):
+        context = min(context, ours.config.n_positions - steps - 1)
+        ids = torch.randint(0, ours.config.vocab_size, (1, context), generator=generator)
+        row: dict[str, Any] = {"shape": name, "dtype": dtype_name, "context": context}
+        row["prefill_tok_s_ours"] = context / median_ms(ours_prefill(ours, ids), 2) * 1000
+        row["prefill_tok_s_hf"] = context / median_ms(hf_prefill(hf, ids), 2) * 1000
+        row["decode_ms_ours"] = ours_decode_ms(ours, ids, steps)
+        row["decode_ms_hf"] = hf_decode_ms(hf, ids, steps)
+        row["floor_ms"] = floor_ms
+        row["decode_speedup_vs_hf"] = row["decode_ms_hf"] / row["decode_ms_ours"]
+        row["decode_vs_floor"] = row["decode_ms_ours"] / floor_ms
+        row["prefill_ratio_vs_hf"] = row["prefill_tok_s_ours"] / row["prefill_tok_s_hf"]
+        rows.append(row)
+        print_row(row)
+    return rows
+
+
+HEADER = (
+    f"{'shape':<16}{'dtype':<6}{'ctx':>6}{'prefill ours':>14}{'prefill hf':>12}"
+    f"{'decode ours':>13}{'decode hf':>11}{'floor':>8}{'x hf':>7}{'/ floor':>9}"
+)
+
+
+def print_row(row: dict[str, Any]) -> None:
+    print(
+        f"{row['shape']:<16}{row['dtype']:<6}{row['context']:>6}"
+        f"{row['prefill_tok_s_ours']:>10.0f} t/s{row['prefill_tok_s_hf']:>8.0f} t/s"
+        f"{row['decode_ms_ours']:>10.1f} ms{row['decode_ms_hf']:>8.1f} ms{row['floor_ms']:>6.1f}ms"
+        f"{row['decode_speedup_vs_hf']:>7.2f}{row['decode_vs_floor']:>9.2f}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--steps", type=int, default=16, help="decode steps per measurement")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-default", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    shapes: list[tuple[str, GPTBigCodeForCausalLM]] = [
+        ("tiny_starcoder", GPTBigCodeForCausalLM(GPTBigCodeConfig(**TINY_STARCODER)).eval())
+    ]
+    if not args.skip_default:
+        try:
+            shapes.append(("default", GPTBigCodeForCausalLM.from_pretrained("default")))
+        except CheckpointError as exc:
+            print(f"default model skipped: {exc}")
+    bandwidth = measure_bandwidth()
+    print(f"memory bandwidth (read): {bandwidth / 1e9:.1f} GB/s; threads {torch.get_num_threads()}")
+    print(HEADER)
+    rows = []
+    with torch.inference_mode():
+        for dtype_name in args.dtypes.split(","):
+            for name, model in shapes:
+                rows.extend(bench_shape(name, model, dtype_name, args.steps, bandwidth))
+    print(json.dumps({
+        "bench": "decode",
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "bandwidth_gb_s": bandwidth / 1e9,
+        "rows": rows,
+    }))
+
+
+if __name__ == "__main__":
+    main()
