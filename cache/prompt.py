@@ -17,6 +17,7 @@ from .window import (
     line_start,
     place_end,
     place_start,
+    within_reach,
 )
 
 
@@ -112,7 +113,7 @@ class PromptBuilder:
     def _fit_suffix(self, window: DocumentWindow, text: str, cursor: int) -> list[int]:
         limit = self.budget.suffix_tokens
         slack = self.budget.jump(limit)
-        if window.fresh or self._end(window, text) < cursor:
+        if window.fresh or not within_reach(cursor, self._end(window, text), limit):
             self._move_end(window, text, cursor, limit, slack)
         ids = self._encode(window, "suffix", text[cursor : self._end(window, text)])
         too_short = window.end is not None and len(ids) < limit - 2 * slack
@@ -132,7 +133,7 @@ class PromptBuilder:
         self, window: DocumentWindow, layout: str, text: str, cursor: int, limit: int
     ) -> tuple[list[int], list[int]]:
         slack = self.budget.jump(limit)
-        if window.fresh or window.start > cursor:
+        if window.fresh or not within_reach(window.start, cursor, limit):
             self._move_start(window, text, cursor, limit, slack)
         prefix, line = self._encode_prefix(window, layout, text, cursor)
         used = len(prefix) + len(line)

@@ -126,6 +126,17 @@ class Edit:
 # -- placing edges --------------------------------------------------------------------------
 
 
+# No token of a code tokenizer stands for this many characters on average over a span, so
+# a span longer than this many characters per token of budget cannot fit: re-place the edge
+# from the cursor instead of tokenising the span (megabytes after a jump in a large file).
+MAX_CHARS_PER_TOKEN = 32
+
+
+def within_reach(lo: int, hi: int, limit: int) -> bool:
+    """Whether the text between offsets lo <= hi could fit in `limit` tokens."""
+    return 0 <= hi - lo <= MAX_CHARS_PER_TOKEN * limit
+
+
 def place_start(text: str, cursor: int, limit: int, slack: int, count: CountTokens) -> int:
     """A start for the text before `cursor`: the file's start if it all fits in `limit`
     tokens, else the earliest line start leaving `slack` tokens of room to type."""

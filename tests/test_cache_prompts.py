@@ -172,6 +172,32 @@ def test_typing_500_characters_at_the_end_of_a_long_file_moves_the_window_rarely
     assert builder.stats.window_moves == moves == len(starts) - 1
 
 
+class CountingTokenizer:
+    """Wraps a tokenizer and counts the characters it was asked to encode."""
+
+    def __init__(self, inner: Tokenizer) -> None:
+        self.inner, self.fim, self.characters = inner, inner.fim, 0
+
+    def encode_text(self, text: str) -> list[int]:
+        self.characters += len(text)
+        return self.inner.encode_text(text)
+
+
+def test_cursor_jump_in_a_huge_file_replaces_the_window_without_tokenising_the_gap(
+    tok: Tokenizer,
+) -> None:
+    text = SOURCE * (2_000_000 // len(SOURCE))  # about 2 MB
+    counting = CountingTokenizer(tok)
+    builder = PromptBuilder(counting, ContextBudget(tokens=300))
+    for cursor in (len(text) // 2, 10, len(text) - 10, len(text) // 3):
+        cursor = text.index("\n", cursor) + 1
+        counting.characters = 0
+        prompt = builder.build(URI, text, cursor)
+        assert prompt.prefix_tokens + prompt.suffix_tokens <= 300
+        assert prompt.ids == layout_ids("spm", tok, text, cursor, prompt.start, prompt.end)
+        assert counting.characters < 100_000  # not the megabytes between old and new cursor
+
+
 def test_window_shows_whole_lines_within_budget_wherever_the_cursor_is(tok: Tokenizer) -> None:
     budget = ContextBudget(tokens=200, prefix_share=0.6)
     builder = PromptBuilder(tok, budget)
