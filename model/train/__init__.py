@@ -1,0 +1,1 @@
+"""Recipes that build the packaged default model: data, tokenizer, FIM, training, evaluation."""

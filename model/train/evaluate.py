@@ -1,0 +1,267 @@
+"""Score a checkpoint on the held-out standard-library files: bits per byte beside `xz -9`,
+next-line exact match, and single-line fill-in-the-middle exact match in PSM and SPM layouts.
+
+    python -m model.train.evaluate --model default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import lzma
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from ..checkpoint import resolve_checkpoint
+from ..kv_cache import KVCache
+from ..modeling import GPTBigCodeForCausalLM
+from .data import SourceFile, load_corpus
+from .fim import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+
+log = logging.getLogger(__name__)
+
+
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level mapping, printable character -> byte: how tokens spell raw bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return {chr(b if b in printable else next(extra)): b for b in range(256)}
+
+
+@dataclass
+class Scorer:
+    """A model with its tokenizer, and each token's raw bytes (None for special tokens)."""
+
+    model: GPTBigCodeForCausalLM
+    tok: Tokenizer
+    token_bytes: list[bytes | None]
+    autocast: bool
+
+    @classmethod
+    def load(cls, name: str, autocast: bool) -> Scorer:
+        folder = resolve_checkpoint(name)
+        model = GPTBigCodeForCausalLM.from_pretrained(name).eval()
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        alphabet = byte_level_alphabet()
+        special = {t.content for t in tok.get_added_tokens_decoder().values()}
+        token_bytes: list[bytes | None] = []
+        for i in range(tok.get_vocab_size()):
+            piece = tok.id_to_token(i)
+            token_bytes.append(None if piece is None or piece in special
+                               else bytes(alphabet[c] for c in piece))
+        return cls(model, tok, token_bytes, autocast)
+
+    @property
+    def n_positions(self) -> int:
+        return self.model.config.n_positions
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def logits(self, ids: Sequence[int], cache: KVCache | None = None, last_only: bool = False
+               ) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.autocast):
+            out = self.model(torch.tensor([list(ids)]), past_key_values=cache,
+                             use_cache=cache is not None, logits_to_keep=1 if last_only else 0)
+        return out.logits[0].float()  # (T, V)
+
+    def greedy(self, prompt: list[int], max_new: int, first_allowed: torch.Tensor | None = None
+               ) -> bytes:
+        """Greedy continuation up to a special token, a newline after the first token's text,
+        or max_new tokens; first_allowed (a bool mask over the vocabulary) restricts step one."""
+        cache = KVCache(self.model.config, 1, len(prompt) + max_new, dtype=self.model.dtype)
+        logits = self.logits(prompt, cache, last_only=True)[-1]
+        out = b""
+        first_len = 0
+        for step in range(max_new):
+            if step == 0 and first_allowed is not None:
+                logits = logits.masked_fill(~first_allowed, -math.inf)
+            token = int(logits.argmax())
+            piece = self.token_bytes[token]
+            if piece is None:
+                break
+            out += piece
+            first_len = first_len or len(piece)
+            if b"\n" in out[first_len:] or len(prompt) + step + 1 >= self.n_positions:
+                break
+            logits = self.logits([token], cache, last_only=True)[-1]
+        return out
+
+
+# -- bits per byte --------------------------------------------------------------------------
+
+
+def file_nll_bits(scorer: Scorer, text: str, stride: int) -> float:
+    """Negative log-likelihood in bits of text after <|endoftext|>; windows of n_positions
+    tokens slide by stride, so every token after the first window has stride-plus context."""
+    ids = [EOT, *scorer.encode(text)]
+    n = scorer.n_positions
+    start, end, scored, nats = 0, min(n, len(ids)), 0, 0.0
+    while True:
+        logp = F.log_softmax(scorer.logits(ids[start:end]), dim=-1)  # (end - start, V)
+        targets = torch.tensor(ids[scored + 1:end])
+        rows = torch.arange(scored, end - 1) - start
+        nats -= float(logp[rows, targets].sum())
+        scored = end - 1
+        if end == len(ids):
+            return nats / math.log(2)
+        end = min(end + stride, len(ids))
+        start = max(0, end - n)
+
+
+def xz_bits_per_byte(texts: Sequence[str]) -> float:
+    data = "".join(texts).encode("utf-8")
+    return 8 * len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)) / len(data)
+
+
+# -- exact match ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LineSite:
+    """One masked line: file text split around a non-blank line (without its newline)."""
+
+    prefix: str
+    line: str
+    suffix: str
+
+
+def sample_lines(files: Sequence[SourceFile], count: int, seed: int) -> list[LineSite]:
+    """count non-blank lines, drawn deterministically; the first line of a file is skipped."""
+    sites = []
+    for f in files:
+        start = 0
+        for line in f.text.split("\n"):
+            if start > 0 and line.strip():
+                sites.append(LineSite(f.text[:start], line, f.text[start + len(line):]))
+            start += len(line) + 1
+    picks = random.Random(seed).sample(range(len(sites)), min(count, len(sites)))
+    return [sites[i] for i in sorted(picks)]
+
+
+def decoded_line(generated: bytes) -> str:
+    return generated.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+
+
+def heal(scorer: Scorer, prefix: list[int]) -> tuple[list[int], bytes, torch.Tensor]:
+    """Token healing: drop the prefix's last token and allow as first generated token only
+    those that start with its bytes. A prefix ending at a line start ends in a bare newline
+    token, which training text never has before indentation (the tokenizer merges the two)."""
+    healed = (scorer.token_bytes[prefix[-1]] if prefix else None) or b""
+    allowed = torch.tensor([b is not None and b.startswith(healed) for b in scorer.token_bytes])
+    return prefix[:-1] if healed else prefix, healed, allowed
+
+
+def next_line_match(scorer: Scorer, site: LineSite, max_new: int) -> bool:
+    """The greedy line after the (healed) prefix must equal the true next line exactly."""
+    ids = scorer.encode(site.prefix)
+    budget = scorer.n_positions - max_new - 1
+    prompt, healed, allowed = heal(scorer, [EOT, *ids] if len(ids) <= budget else ids[-budget:])
+    generated = scorer.greedy(prompt, max_new, allowed)
+    return decoded_line(generated[len(healed):]) == site.line
+
+
+def fim_prompt(scorer: Scorer, prefix: list[int], suffix: list[int], layout: str,
+               max_new: int) -> list[int]:
+    """PSM or SPM prompt, prefix and suffix cut to share what the context leaves."""
+    budget = scorer.n_positions - max_new - 3
+    keep_suffix = min(len(suffix), max(budget // 2, budget - len(prefix)))
+    keep_prefix = min(len(prefix), budget - keep_suffix)
+    prefix, suffix = prefix[len(prefix) - keep_prefix:], suffix[:keep_suffix]
+    if layout == "psm":
+        return [FIM_PREFIX, *prefix, FIM_SUFFIX, *suffix, FIM_MIDDLE]
+    return [FIM_PREFIX, FIM_SUFFIX, *suffix, FIM_MIDDLE, *prefix]
+
+
+def fim_match(scorer: Scorer, site: LineSite, layout: str, max_new: int) -> bool:
+    """The middle after the (healed) prefix, up to its first newline, must equal the masked
+    line exactly."""
+    prefix, healed, allowed = heal(scorer, scorer.encode(site.prefix))
+    prompt = fim_prompt(scorer, prefix, scorer.encode(site.suffix), layout, max_new)
+    generated = scorer.greedy(prompt, max_new, allowed)
+    return decoded_line(generated[len(healed):]) == site.line
+
+
+def rate(hits: Sequence[bool]) -> float:
+    return sum(hits) / max(1, len(hits))
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def evaluate(scorer: Scorer, files: Sequence[SourceFile], lines: int, seed: int, stride: int,
+             max_new: int) -> dict[str, object]:
+    started = time.monotonic()
+    nbytes = sum(f.nbytes for f in files)
+    bits = sum(file_nll_bits(scorer, f.text, stride) for f in files)
+    log.info("bits per byte done (%.0f s)", time.monotonic() - started)
+    next_sites = sample_lines(files, lines, seed)
+    next_line = [next_line_match(scorer, s, max_new) for s in next_sites]
+    fim_sites = sample_lines(files, lines, seed + 1)
+    psm = [fim_match(scorer, s, "psm", max_new) for s in fim_sites]
+    spm = [fim_match(scorer, s, "spm", max_new) for s in fim_sites]
+    return {
+        "held_out_files": len(files), "held_out_bytes": nbytes,
+        "bits_per_byte": round(bits / nbytes, 4),
+        "xz_bits_per_byte": round(xz_bits_per_byte([f.text for f in files]), 4),
+        "next_line_exact_match": round(rate(next_line), 4), "next_line_samples": len(next_line),
+        "fim_psm_exact_match": round(rate(psm), 4), "fim_spm_exact_match": round(rate(spm), 4),
+        "fim_samples": len(fim_sites), "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def print_report(name: str, result: dict[str, object]) -> None:
+    rows = [
+        ("bits per byte, model", f"{result['bits_per_byte']:.3f}"),
+        ("bits per byte, xz -9e (floor)", f"{result['xz_bits_per_byte']:.3f}"),
+        ("next-line exact match", f"{result['next_line_exact_match']:.1%} "
+                                  f"of {result['next_line_samples']}"),
+        ("FIM exact match, PSM", f"{result['fim_psm_exact_match']:.1%} of {result['fim_samples']}"),
+        ("FIM exact match, SPM", f"{result['fim_spm_exact_match']:.1%} of {result['fim_samples']}"),
+    ]
+    print(f"{name}: {result['held_out_files']} held-out files, {result['held_out_bytes']} bytes")
+    for label, value in rows:
+        print(f"  {label:<32} {value}")
+    print(json.dumps({"model": name, **result}))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="default", help="checkpoint folder, or 'default'")
+    p.add_argument("--data", type=Path, default=None,
+                   help="corpus cache folder (default: read this interpreter's library)")
+    p.add_argument("--lines", type=int, default=200, help="lines sampled for each exact match")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stride", type=int, default=None,
+                   help="sliding-window step for bits per byte (default n_positions / 2)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster, less exact)")
+    p.add_argument("--threads", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    scorer = Scorer.load(args.model, args.bf16)
+    files = load_corpus(args.data).held_out
+    stride = args.stride or scorer.n_positions // 2
+    result = evaluate(scorer, files, args.lines, args.seed, stride, args.max_new_tokens)
+    print_report(args.model, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The packaged default checkpoint: it loads, writes plausible Python, and fills a middle."""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import pytest
+import torch
+
+from model import GPTBigCodeForCausalLM, Tokenizer
+from model.checkpoint import DEFAULT_MODEL_DIR
+
+pytestmark = pytest.mark.skipif(
+    not (DEFAULT_MODEL_DIR / "config.json").is_file(),
+    reason=f"no packaged default model in {DEFAULT_MODEL_DIR}",
+)
+
+STARCODER_IDS = {"<|endoftext|>": 0, "<fim_prefix>": 1, "<fim_middle>": 2, "<fim_suffix>": 3,
+                 "<fim_pad>": 4, "<filename>": 5, "<reponame>": 18}
+
+# A function between two of the same pattern, whose body is masked. The prefix stops before
+# the newline: a bare newline token never precedes indentation in training text (the tokenizer
+# merges a newline with the indentation after it), so the middle starts with that newline.
+FIM_PREFIX_TEXT = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):"
+FIM_SUFFIX_TEXT = "\n\n\ndef mul(a, b):\n    return a * b\n"
+
+
+@pytest.fixture(scope="module")
+def lm() -> GPTBigCodeForCausalLM:
+    return GPTBigCodeForCausalLM.from_pretrained("default")
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+
+
+def greedy(lm: GPTBigCodeForCausalLM, tok: Tokenizer, prompt: list[int], n: int) -> list[int]:
+    """New token ids of a greedy continuation, up to and without the first special token."""
+    stops = sorted(tok.special_ids)
+    out = lm.generate(torch.tensor([prompt]), max_new_tokens=n, eos_token_id=stops)
+    new = out[0, len(prompt):].tolist()
+    return new[:next((i for i, t in enumerate(new) if t in tok.special_ids), len(new))]
+
+
+def complete_lines(text: str) -> str:
+    """Text up to its last newline: the cut a line-by-line completion would show."""
+    return text[:text.rfind("\n") + 1]
+
+
+def longest_compiling_head(source: str) -> str:
+    """The longest run of leading lines that compiles (a budget cut may end mid-statement)."""
+    lines = source.splitlines(keepends=True)
+    for end in range(len(lines), 0, -1):
+        try:
+            compile("".join(lines[:end]), "<generated>", "exec")
+        except SyntaxError:
+            continue
+        return "".join(lines[:end])
+    return ""
+
+
+def test_default_checkpoint_matches_its_tokenizer(lm: GPTBigCodeForCausalLM, tok: Tokenizer
+                                                  ) -> None:
+    assert {t: tok.token_to_id(t) for t in STARCODER_IDS} == STARCODER_IDS
+    assert lm.config.multi_query
+    assert lm.config.vocab_size == tok.vocab_size
+    assert lm.config.eos_token_id == tok.eos_token_id == 0
+    assert tok.fim is not None and (tok.fim.prefix, tok.fim.middle, tok.fim.suffix) == (1, 2, 3)
+
+
+# The packaged model (4M parameters, one hour on 2 CPU cores) does not fill this middle yet:
+# the test pins what the default model must do, and fails loudly once it does (strict).
+TOO_WEAK_YET = pytest.mark.xfail(
+    strict=True, reason="packaged default model too weak yet (default-model issue still open)"
+)
+
+
+def test_fibonacci_continuation_is_an_indented_function_body_that_compiles(
+    lm: GPTBigCodeForCausalLM, tok: Tokenizer
+) -> None:
+    # No newline after the colon, for the reason given at FIM_PREFIX_TEXT.
+    prompt = "def fibonacci(n):"
+    text = tok.decode(greedy(lm, tok, tok.encode(prompt), 96))
+    assert "<|endoftext|>" not in text and "<fim_" not in text
+    source = longest_compiling_head(prompt + complete_lines(text))
+    assert source, text
+    function = ast.parse(source).body[0]
+    assert isinstance(function, ast.FunctionDef) and function.name == "fibonacci", text
+    statements = [node for node in function.body
+                  if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    assert statements, f"no statement besides a docstring: {text!r}"
+    assert function.end_lineno is not None
+    body = source.splitlines()[1:function.end_lineno]
+    indents = {len(line) - len(line.lstrip(" ")) for line in body if line.strip()}
+    assert indents and all(i > 0 and i % 4 == 0 for i in indents), text
+
+
+@pytest.mark.parametrize("layout", ["psm", "spm"])
+@TOO_WEAK_YET
+def test_fim_fills_the_masked_function_body(lm: GPTBigCodeForCausalLM, tok: Tokenizer,
+                                            layout: str) -> None:
+    prefix, suffix = tok.encode(FIM_PREFIX_TEXT), tok.encode(FIM_SUFFIX_TEXT)
+    assert tok.fim is not None
+    p, m, s = tok.fim.prefix, tok.fim.middle, tok.fim.suffix
+    if layout == "psm":
+        prompt = [p, *prefix, s, *suffix, m]
+    else:
+        prompt = [p, s, *suffix, m, *prefix]
+    middle = tok.decode(greedy(lm, tok, prompt, 24))
+    # The body starts on the next line, one level in, and that one line makes a valid file.
+    assert middle.startswith("\n"), repr(middle)
+    line = middle[1:].split("\n", 1)[0]
+    assert line.startswith("    ") and not line[4].isspace(), repr(middle)
+    compile(FIM_PREFIX_TEXT + "\n" + line + FIM_SUFFIX_TEXT, "<filled>", "exec")
+
+
+@pytest.mark.slow
+def test_transformers_loads_the_folder_with_the_same_logits(lm: GPTBigCodeForCausalLM) -> None:
+    transformers: Any = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL_DIR).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+    text = "import os\n\n\ndef main():\n    print(os.getcwd())\n"
+    ids = hf_tok(text)["input_ids"]
+    assert ids == Tokenizer.from_pretrained(DEFAULT_MODEL_DIR).encode(text)
+    assert hf_tok.model_max_length == lm.config.n_positions
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        torch.testing.assert_close(lm(x).logits, hf(x).logits.to(torch.float32), rtol=1e-4,
+                                   atol=1e-4)

@@ -1,0 +1,195 @@
+"""The default model's training recipe: corpus split and dedup, tokenizer ids, FIM sequences."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from model.train.data import (
+    SourceFile,
+    collect_corpus,
+    deduplicate,
+    is_excluded,
+    is_held_out,
+    is_test_suite,
+)
+from model.train.fim import (
+    EOT,
+    FIM_MIDDLE,
+    FIM_PREFIX,
+    FIM_SUFFIX,
+    FimSample,
+    build_sequences,
+    chunk_text,
+    encode_samples,
+    pack,
+    sample_ids,
+    split_fim,
+)
+from model.train.tokenizer_recipe import SPECIAL_TOKENS, save_tokenizer, train_tokenizer
+
+CODE = "def add(a, b):\n    return a + b\n\n\nclass Point:\n    x: int = 0\n    y: int = 0\n"
+
+
+def char_ids(texts: list[str]) -> list[list[int]]:
+    """A stand-in tokenizer: one token per character, above the special ids."""
+    return [[100 + ord(c) for c in t] for t in texts]
+
+
+def char_text(ids: list[int]) -> str:
+    return "".join(chr(i - 100) for i in ids)
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def test_held_out_split_depends_only_on_path_and_is_about_the_fraction() -> None:
+    paths = [f"pkg{i}/mod{i}.py" for i in range(4000)]
+    chosen = [p for p in paths if is_held_out(p, 0.05)]
+    assert chosen == [p for p in reversed(paths) if is_held_out(p, 0.05)][::-1]
+    assert 0.035 < len(chosen) / len(paths) < 0.065
+
+
+def test_test_suites_are_told_apart_and_site_packages_are_excluded() -> None:
+    assert is_test_suite(Path("test/test_os.py")) and not is_excluded(Path("test/test_os.py"))
+    assert is_test_suite(Path("idlelib/idle_test/test_run.py"))
+    assert not is_test_suite(Path("idlelib/run.py"))
+    assert is_excluded(Path("site-packages/pip/__init__.py"))
+    assert is_excluded(Path("_sysconfigdata__linux_x86_64-linux-gnu.py"))
+    assert not is_excluded(Path("idlelib/run.py"))
+    assert not is_excluded(Path("json/decoder.py"))
+
+
+def test_deduplicate_drops_exact_and_near_copies_but_keeps_distinct_files() -> None:
+    body = "\n".join(f"value_{i} = {i}" for i in range(40)) + "\n"
+    near = body.replace("value_3 = 3", "value_3 = 33")
+    files = [
+        SourceFile("a.py", body),
+        SourceFile("b.py", body),
+        SourceFile("c.py", near),
+        SourceFile("d.py", CODE),
+        SourceFile("e.py", "   \n"),
+    ]
+    assert [f.path for f in deduplicate(files)] == ["a.py", "d.py"]
+
+
+def test_corpus_normalises_line_ends_and_skips_undecodable_and_generated_files(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "ok.py").write_bytes(b"a = 1\r\nb = 2\r\n")
+    (tmp_path / "latin1.py").write_bytes(b"s = '\xe9'\n")
+    (tmp_path / "cp999.py").write_text('""" generated from X with gencodec.py. """\n')
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "test_ok.py").write_text("assert True\n")
+    corpus = collect_corpus(tmp_path)
+    files = corpus.train + corpus.held_out
+    assert [(f.path, f.text) for f in files] == [("ok.py", "a = 1\nb = 2\n")]
+
+
+def test_missing_library_folder_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        collect_corpus(tmp_path / "nowhere")
+
+
+# -- tokenizer ----------------------------------------------------------------------------
+
+
+def test_tokenizer_has_starcoder_special_ids_and_round_trips(tmp_path: Path) -> None:
+    tok = train_tokenizer([CODE * 20, "print('héllo wörld') 12345\n" * 10], vocab_size=300)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(19))
+    text = "x = 'naïve ☃'\r\n\tif x:  return 42  # <fim_middle>\n"
+    ids = tok.encode(text, add_special_tokens=False).ids
+    assert FIM_MIDDLE in ids
+    assert tok.decode(ids, skip_special_tokens=False) == text
+    save_tokenizer(tok, tmp_path, model_max_length=128)
+    assert '"model_max_length": 128' in (tmp_path / "tokenizer_config.json").read_text()
+    assert (tmp_path / "tokenizer.json").is_file()
+
+
+# -- FIM ----------------------------------------------------------------------------------
+
+
+def test_fim_rate_half_with_psm_and_spm_a_quarter_each() -> None:
+    rng = random.Random(0)
+    counts = Counter(split_fim(CODE, rng).layout for _ in range(4000))
+    assert 0.46 < counts["plain"] / 4000 < 0.54
+    assert 0.22 < counts["psm"] / 4000 < 0.28
+    assert 0.22 < counts["spm"] / 4000 < 0.28
+
+
+def test_fim_split_keeps_the_text_and_reaches_every_character_position() -> None:
+    rng = random.Random(1)
+    text = "abcdef"
+    cuts: set[int] = set()
+    for _ in range(500):
+        sample = split_fim(text, rng, rate=1.0)
+        assert sample.text == text
+        cuts.update((len(sample.prefix), len(sample.prefix + sample.middle)))
+    assert cuts == set(range(len(text) + 1))
+
+
+def test_fim_split_is_reproducible_from_the_seed() -> None:
+    first = [split_fim(CODE, random.Random(7)) for _ in range(3)]
+    assert first == [split_fim(CODE, random.Random(7)) for _ in range(3)]
+
+
+def test_psm_and_spm_put_sentinels_in_starcoder_order() -> None:
+    p, m, s = [10, 11], [20], [30, 31]
+    assert sample_ids(FimSample("psm", "", "", ""), p, m, s) == [
+        FIM_PREFIX, 10, 11, FIM_SUFFIX, 30, 31, FIM_MIDDLE, 20, EOT]
+    assert sample_ids(FimSample("spm", "", "", ""), p, m, s) == [
+        FIM_PREFIX, FIM_SUFFIX, 30, 31, FIM_MIDDLE, 10, 11, 20, EOT]
+    assert sample_ids(FimSample("plain", ""), p, [], []) == [10, 11, EOT]
+
+
+def test_segments_are_tokenised_separately() -> None:
+    seen: list[str] = []
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        seen.extend(texts)
+        return char_ids(texts)
+
+    sample = FimSample("spm", "def f", "(x)", ":\n")
+    (ids,) = encode_samples([sample], encode)
+    assert seen == ["def f", "(x)", ":\n"]
+    assert char_text(ids[2:ids.index(FIM_MIDDLE)]) == ":\n"
+    assert char_text(ids[ids.index(FIM_MIDDLE) + 1:-1]) == "def f(x)"
+
+
+def test_chunks_join_back_start_at_lines_and_respect_the_token_limit() -> None:
+    text = "".join(f"line {i} " + "x" * (i % 7) + "\n" for i in range(60))
+    offsets = [(i, i + 1) for i in range(len(text))]
+    chunks = chunk_text(text, offsets, max_tokens=50)
+    assert "".join(chunks) == text
+    assert len(chunks) > 1
+    assert all(len(c) <= 50 and c.endswith("\n") for c in chunks)
+
+
+def test_a_line_longer_than_a_chunk_is_cut_inside() -> None:
+    text = "y" * 95
+    chunks = chunk_text(text, [(i, i + 1) for i in range(95)], max_tokens=40)
+    assert [len(c) for c in chunks] == [40, 40, 15]
+
+
+def test_pack_cuts_the_stream_into_full_rows() -> None:
+    rows = pack([[5, 6, EOT], [7, EOT], [8, 9, 10, EOT]], seq_len=4)
+    assert rows.tolist() == [[5, 6, EOT, 7], [EOT, 8, 9, 10]]
+
+
+def test_epochs_are_reproducible_and_differ_by_seed() -> None:
+    chunks = [CODE.replace("add", f"add{i}") for i in range(30)]
+    first = build_sequences(chunks, char_ids, seq_len=64, seed=3)
+    assert first.shape[1] == 64
+    assert first.equal(build_sequences(chunks, char_ids, seq_len=64, seed=3))
+    assert not first.equal(build_sequences(chunks, char_ids, seq_len=64, seed=4))
+    # Every sample ends in one <|endoftext|>: one per chunk in the kept stream, give or take
+    # the dropped tail.
+    assert 25 <= int((first == EOT).sum()) <= 30
+
+
+def test_chunk_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_tokens"):
+        chunk_text("abc", [(0, 1)], max_tokens=0)
