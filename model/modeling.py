@@ -188,7 +188,12 @@ class GPTBigCodeAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.split_qkv(x)
         if cache is not None:
-            k, v = cache.write(self.layer_idx, start, k, v)  # (B, KVH, S, D)
+            # The buffers are written in place layer after layer, which would invalidate
+            # views saved for backward: store detached values, and with nothing cached before
+            # attend to this call's own keys and values.
+            past_k, past_v = cache.write(self.layer_idx, start, k.detach(), v.detach())
+            if start:
+                k, v = past_k, past_v  # (B, KVH, S, D)
         weights = None
         if backend == "eager" or output_attentions or head_mask is not None:
             y, weights = self.eager(q, k, v, mask, head_mask)
@@ -402,8 +407,10 @@ class GPTBigCodePreTrainedModel(nn.Module):
         except checkpoint.CheckpointError as exc:
             raise checkpoint.CheckpointError(f"{folder}: {exc}") from None
         model.tie_weights()
-        if report.missing_optional:
-            log.info("%s: newly initialised: %s", folder, ", ".join(report.missing_optional))
+        fresh = [k for k in report.missing_optional
+                 if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+        if fresh:
+            log.info("%s: newly initialised: %s", folder, ", ".join(fresh))
         model.name_or_path = str(path_or_id)
         return model.eval()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import codeop
 from typing import Any
 
 import pytest
@@ -61,6 +62,15 @@ def longest_compiling_head(source: str) -> str:
     return ""
 
 
+def starts_a_statement(line: str) -> bool:
+    """Whether line, in a function body, is a complete statement or the start of one."""
+    try:
+        codeop.compile_command(f"def _():\n{line}\n", symbol="exec")
+    except (SyntaxError, ValueError, OverflowError):
+        return False
+    return True
+
+
 def test_default_checkpoint_matches_its_tokenizer(lm: GPTBigCodeForCausalLM, tok: Tokenizer
                                                   ) -> None:
     assert {t: tok.token_to_id(t) for t in STARCODER_IDS} == STARCODER_IDS
@@ -97,10 +107,8 @@ def test_fibonacci_continuation_is_an_indented_function_body_that_compiles(
     assert indents and all(i > 0 and i % 4 == 0 for i in indents), text
 
 
-@pytest.mark.parametrize("layout", ["psm", "spm"])
-@TOO_WEAK_YET
-def test_fim_fills_the_masked_function_body(lm: GPTBigCodeForCausalLM, tok: Tokenizer,
-                                            layout: str) -> None:
+def fill_middle(lm: GPTBigCodeForCausalLM, tok: Tokenizer, layout: str) -> str:
+    """The greedy middle for FIM_PREFIX_TEXT / FIM_SUFFIX_TEXT in the PSM or SPM layout."""
     prefix, suffix = tok.encode(FIM_PREFIX_TEXT), tok.encode(FIM_SUFFIX_TEXT)
     assert tok.fim is not None
     p, m, s = tok.fim.prefix, tok.fim.middle, tok.fim.suffix
@@ -108,7 +116,28 @@ def test_fim_fills_the_masked_function_body(lm: GPTBigCodeForCausalLM, tok: Toke
         prompt = [p, *prefix, s, *suffix, m]
     else:
         prompt = [p, s, *suffix, m, *prefix]
-    middle = tok.decode(greedy(lm, tok, prompt, 24))
+    return tok.decode(greedy(lm, tok, prompt, 24))
+
+
+@pytest.mark.parametrize("layout", ["psm", "spm"])
+def test_fim_fills_the_masked_body_with_an_indented_statement(
+    lm: GPTBigCodeForCausalLM, tok: Tokenizer, layout: str
+) -> None:
+    middle = fill_middle(lm, tok, layout)
+    assert "<|endoftext|>" not in middle and "<fim_" not in middle
+    lines = [line for line in middle.split("\n") if line.strip()]
+    assert lines, f"empty middle: {middle!r}"
+    # Inside the function body, and Python: a statement there, or the valid start of one
+    # (a docstring or a call may run past the token budget).
+    assert lines[0].startswith("    "), repr(middle)
+    assert starts_a_statement(lines[0]), repr(middle)
+
+
+@pytest.mark.parametrize("layout", ["psm", "spm"])
+@TOO_WEAK_YET
+def test_fim_fills_the_masked_function_body(lm: GPTBigCodeForCausalLM, tok: Tokenizer,
+                                            layout: str) -> None:
+    middle = fill_middle(lm, tok, layout)
     # The body starts on the next line, one level in, and that one line makes a valid file.
     assert middle.startswith("\n"), repr(middle)
     line = middle[1:].split("\n", 1)[0]

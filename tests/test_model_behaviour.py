@@ -501,3 +501,16 @@ def test_stop_token_ids_end_a_row_and_pad_the_rest(make_config: MakeConfig) -> N
     assert first <= 6
     assert torch.equal(stopped[1, : first + 1], free[1, : first + 1])
     assert torch.all(stopped[1, first + 1 :] == 95)
+
+
+def test_fp32_training_step_backpropagates_with_the_default_cache() -> None:
+    from model import GPTBigCodeConfig as Config
+    from model import GPTBigCodeForCausalLM as LM
+
+    torch.manual_seed(0)
+    model = LM(Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=4)).train()
+    ids = torch.randint(0, 50, (2, 10))
+    loss = model(ids, labels=ids).loss  # use_cache defaults to True
+    loss.backward()
+    grad = model.transformer.h[0].attn.c_attn.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
