@@ -19,7 +19,9 @@ _KEPT_CHARS = 80  # log arguments of pygls kept as they are: method names, reque
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptbigcode-lsp",
-        description="Language server with inline completions from a GPTBigCode model.",
+        description="Language server with inline completions from a GPTBigCode model. "
+                    "`gptbigcode-lsp scan PATH...` reports secrets in files instead "
+                    "(see `gptbigcode-lsp scan --help`).",
     )
     transport = parser.add_mutually_exclusive_group()
     transport.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (default)")
@@ -82,6 +84,12 @@ def _redacted(value: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["scan"]:
+        from .scan import main as scan
+
+        configure_logging(0, None)
+        return scan(argv[1:])
     args = build_parser().parse_args(argv)
     if args.ws and importlib.util.find_spec("websockets") is None:
         print("gptbigcode-lsp: --ws needs the websockets package (pip install 'pygls[ws]')",

@@ -1,5 +1,6 @@
 """`make demo`: start the real server over stdio, open a sample file, ask for inline
-completions at a few places and type through one, printing what an editor would show.
+completions at a few places and type through one, then type a hard-coded key and show the
+diagnostics and quick fix that come back, printing what an editor would show.
 
     python -m lsp_server.demo [--model default|FOLDER|ID] [--threads N]
 """
@@ -28,6 +29,8 @@ PLACES = [
     ("inside a function, with a suffix", "    best = points[0]\n", "    "),
 ]
 TYPED = 3  # characters of the first suggestion typed one by one
+# A line typed at the end of the file for the diagnostics part (a made-up key).
+SECRET_LINE = 'GITHUB_TOKEN = "ghp_R7c2XfKq9LmZ0aTyW4bN8sVdE1hJ6uPo3gQi"\n'
 
 
 class DemoClient(LanguageClient):
@@ -36,6 +39,11 @@ class DemoClient(LanguageClient):
     def __init__(self) -> None:
         super().__init__("gptbigcode-demo", "0")
         self.document_version = 1
+        self.published: list[types.PublishDiagnosticsParams] = []
+
+        @self.feature(types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
+        def diagnostics(params: types.PublishDiagnosticsParams) -> None:
+            self.published.append(params)
 
         @self.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
         def create_progress(params: types.WorkDoneProgressCreateParams) -> None:
@@ -161,10 +169,45 @@ async def drive(client: DemoClient, text: str) -> int:
         if suggestion and not typed_through:
             text = await type_through(client, text, at, suggestion)
             typed_through = True
+    await show_diagnostics(client, text)
     status = await client.status()
     print("-- status (gptbigcode.status)")
     print(json.dumps(status, indent=2, ensure_ascii=False))
     return 0
+
+
+async def show_diagnostics(client: DemoClient, text: str, timeout: float = 60.0) -> None:
+    """Type a line with a key at the end of the file; print the diagnostics and quick fix."""
+    lines = text.split("\n")
+    end = types.Position(line=len(lines) - 1, character=len(lines[-1].encode("utf-16-le")) // 2)
+    print("-- typing a line with a hard-coded token at the end of the file")
+    seen = len(client.published)
+    client.insert(end, SECRET_LINE)
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        fresh = [p for p in client.published[seen:] if p.version == client.document_version]
+        if fresh:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        print("  (no diagnostics arrived)\n")
+        return
+    diagnostics = fresh[-1].diagnostics
+    for d in diagnostics:
+        print(f"  line {d.range.start.line + 1}:{d.range.start.character + 1}-"
+              f"{d.range.end.character + 1} {d.severity.name if d.severity else ''} "
+              f"{d.code}: {d.message}")
+    secrets = [d for d in diagnostics if str(d.code).startswith("secret/")]
+    if secrets:
+        actions = await client.text_document_code_action_async(types.CodeActionParams(
+            text_document=types.TextDocumentIdentifier(uri=URI), range=secrets[0].range,
+            context=types.CodeActionContext(diagnostics=[secrets[0]])))
+        for action in actions or []:
+            if isinstance(action, types.CodeAction) and action.edit and action.edit.changes:
+                edits = action.edit.changes[URI]
+                print(f"  quick fix: {action.title}: "
+                      + "; ".join(repr(e.new_text) for e in edits))
+    print()
 
 
 async def type_through(client: DemoClient, text: str, at: types.Position, suggestion: str) -> str:

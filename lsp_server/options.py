@@ -61,6 +61,27 @@ def _stop_strings(value: list[str]) -> str | None:
     return None if all(value) else "must not contain an empty string"
 
 
+def _probability(value: float) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "must be in [0, 1]"
+
+
+@dataclass(kw_only=True)
+class DiagnosticsOptions:
+    """Diagnostics from the classification heads (secrets, personal data, likely bugs)."""
+
+    enabled: bool = True
+    model: str = _option("default", check=_non_empty)  # diagnostics model folder or "default"
+    secrets: bool = True  # hard-coded keys, passwords, user names
+    personal_data: bool = True  # email and public IP addresses
+    bugs: bool = True  # functions that look wrong (Python)
+    # None: the thresholds calibrated when the model was trained (in its config.json).
+    secret_threshold: float | None = _option(None, check=_probability)
+    personal_data_threshold: float | None = _option(None, check=_probability)
+    bug_threshold: float | None = _option(None, check=_probability)
+    debounce_ms: int = _option(400, check=_at_least(0))  # after the last edit
+    max_chars: int = _option(1_000_000, check=_at_least(0))  # larger documents are skipped
+
+
 @dataclass(kw_only=True)
 class Options:
     """Everything a client may set, with the default each key takes when not set."""
@@ -77,6 +98,7 @@ class Options:
     debounce_ms: int = _option(50, check=_at_least(0))
     time_budget_ms: int = _option(2000, check=_at_least(1))  # per generation
     cache_budget_mb: int = _option(1024, check=_at_least(0))  # KV cache, all documents
+    diagnostics: DiagnosticsOptions = _option(factory=DiagnosticsOptions)
 
 
 # ---- strict conversion: JSON values are taken as they are, never coerced ("5" is not 5)

@@ -28,6 +28,7 @@ from .completion import (
     TypeThrough,
     load_engine,
 )
+from .diagnostics import Diagnoser, Finding, secret_action, to_lsp
 from .documents import (
     Document,
     DocumentStore,
@@ -91,6 +92,21 @@ class ModelState:
 
 
 @dataclass
+class DiagnosticsState:
+    """The diagnostics model (loaded on first use) and the work in flight per document."""
+
+    state: str = "idle"  # idle (not loaded yet), loading, ready, failed
+    model: str | None = None  # the diagnostics.model option it was loaded for
+    error: str | None = None
+    diagnoser: Diagnoser | None = None
+    loading: asyncio.Future[Diagnoser | None] | None = None
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    jobs: dict[str, Job[list[Finding] | None]] = field(default_factory=dict)
+    published: dict[str, int] = field(default_factory=dict)  # uri -> diagnostics published
+    runs: int = 0
+
+
+@dataclass
 class ClientFacts:
     """What `initialize` told us about the client."""
 
@@ -112,6 +128,7 @@ class GPTBigCodeServer(LanguageServer):
         self.client = ClientFacts()
         self.type_through = TypeThrough()
         self.requests = RequestLog()
+        self.diagnostics = DiagnosticsState()
         self._latest: dict[str, Pending] = {}
         self._changed_at: dict[str, float] = {}
         self._worker: InferenceWorker | None = None
@@ -153,6 +170,8 @@ class GPTBigCodeServer(LanguageServer):
         )
         if changed and self.model.state != "idle":
             self.spawn(self.load_model())
+        if old.diagnostics != self.options.diagnostics:
+            self.diagnostics_options_changed(old.diagnostics.model)
 
     def warn(self, messages: list[str]) -> None:
         for message in messages:
@@ -357,9 +376,128 @@ class GPTBigCodeServer(LanguageServer):
         engine = self.model.engine
         if engine is not None:
             self.worker.submit(lambda _: engine.forget(uri))
+        self.cancel_diagnostics(uri)
+        self.clear_diagnostics(uri)
+        diagnoser = self.diagnostics.diagnoser
+        if diagnoser is not None:
+            self.worker.submit(lambda _: diagnoser.forget(uri))
 
     def touched(self, uri: str) -> None:
         self._changed_at[uri] = time.perf_counter()
+
+    # -- diagnostics ------------------------------------------------------------------------
+
+    def schedule_diagnostics(self, uri: str) -> None:
+        """Run the heads on `uri` once edits have settled for diagnostics.debounceMs."""
+        state, options = self.diagnostics, self.options.diagnostics
+        self.cancel_diagnostics(uri)
+        if not options.enabled or not self.client.initialized:
+            return
+        loop = asyncio.get_running_loop()
+        state.timers[uri] = loop.call_later(
+            options.debounce_ms / 1000, lambda: self.spawn(self.run_diagnostics(uri))
+        )
+
+    def cancel_diagnostics(self, uri: str) -> None:
+        timer = self.diagnostics.timers.pop(uri, None)
+        if timer is not None:
+            timer.cancel()
+        job = self.diagnostics.jobs.pop(uri, None)
+        if job is not None:
+            job.cancel()
+
+    async def run_diagnostics(self, uri: str) -> None:
+        state, options = self.diagnostics, self.options.diagnostics
+        state.timers.pop(uri, None)
+        try:
+            document = self.documents.get(uri)
+        except UnknownDocumentError:
+            return
+        if len(document.text) > options.max_chars:
+            log.info("diagnostics skipped for %s: %d characters (maxChars %d)", uri,
+                     len(document.text), options.max_chars)
+            self.publish(document, [])
+            return
+        diagnoser = await self.diagnoser()
+        if diagnoser is None or not self.options.diagnostics.enabled:
+            return
+        text, language = document.text, document.language_id or "python"
+        job = self.worker.submit(
+            lambda job: diagnoser.findings(uri, text, language, options, lambda: job.cancelled)
+        )
+        state.jobs[uri] = job
+        try:
+            findings = await job.future
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("diagnostics failed for %s", uri)
+            return
+        finally:
+            if state.jobs.get(uri) is job:
+                del state.jobs[uri]
+        current = self.documents.get(uri) if uri in self.documents else None
+        if findings is None or current is None or current.version != document.version:
+            return  # cancelled, closed, or edited since: a newer run is scheduled
+        state.runs += 1
+        self.publish(document, findings)
+
+    def publish(self, document: Document, findings: list[Finding]) -> None:
+        if not findings and not self.diagnostics.published.get(document.uri):
+            return  # nothing shown, nothing to clear
+        self.diagnostics.published[document.uri] = len(findings)
+        self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(
+            uri=document.uri, version=document.version,
+            diagnostics=to_lsp(findings, document, self.documents.encoding),
+        ))
+
+    def clear_diagnostics(self, uri: str) -> None:
+        if self.diagnostics.published.pop(uri, 0):
+            self.text_document_publish_diagnostics(
+                types.PublishDiagnosticsParams(uri=uri, diagnostics=[])
+            )
+
+    async def diagnoser(self) -> Diagnoser | None:
+        """The diagnostics model, loaded on the worker the first time it is needed."""
+        state, name = self.diagnostics, self.options.diagnostics.model
+        if state.diagnoser is not None and state.model == name:
+            return state.diagnoser
+        if state.state == "failed" and state.model == name:
+            return None
+        if state.loading is None or state.model != name:
+            state.state, state.model, state.error = "loading", name, None
+            state.loading = asyncio.ensure_future(self._load_diagnoser(name))
+        return await asyncio.shield(state.loading)
+
+    async def _load_diagnoser(self, name: str) -> Diagnoser | None:
+        state = self.diagnostics
+        try:
+            diagnoser = await self.worker.submit(lambda _: Diagnoser.load(name)).future
+        except Exception as error:
+            if state.model == name:
+                state.state, state.loading = "failed", None
+                state.error = f"could not load diagnostics model {name!r}: {error}"
+                log.error("%s", state.error)
+                self.window_show_message(types.ShowMessageParams(
+                    type=types.MessageType.Error, message=state.error))
+            return None
+        if state.model != name:
+            return None
+        state.state, state.diagnoser, state.loading = "ready", diagnoser, None
+        log.info("diagnostics model %s ready", name)
+        return diagnoser
+
+    def diagnostics_options_changed(self, old_model: str) -> None:
+        """New thresholds or switches: run again on every open document (or clear)."""
+        state, options = self.diagnostics, self.options.diagnostics
+        if options.model != old_model:
+            state.diagnoser, state.loading, state.state = None, None, "idle"
+        for uri in list(self.documents):
+            if options.enabled:
+                self.schedule_diagnostics(uri)
+            else:
+                self.cancel_diagnostics(uri)
+                self.clear_diagnostics(uri)
 
     # -- status -----------------------------------------------------------------------------
 
@@ -384,12 +522,25 @@ class GPTBigCodeServer(LanguageServer):
             "requests": dict(self.requests.counts),
             "worker": _camel_keys(asdict(self._worker.snapshot())) if self._worker else None,
             "options": as_json(self.options),
+            "diagnostics": self.diagnostics_status(),
         }
         if with_requests:
             report["recent"] = [_camel_keys(asdict(r)) for r in self.requests.records]
         if uri is not None:
             report["document"] = self.digest(uri)
         return report
+
+    def diagnostics_status(self) -> dict[str, Any]:
+        state, diagnoser = self.diagnostics, self.diagnostics.diagnoser
+        return {
+            "state": state.state,
+            "model": state.model,
+            "error": state.error,
+            "runs": state.runs,
+            "documentsWithFindings": sum(1 for n in state.published.values() if n),
+            "tokensComputed": diagnoser.tokens_computed if diagnoser else 0,
+            "functionsScored": diagnoser.functions_scored if diagnoser else 0,
+        }
 
     def digest(self, uri: str) -> dict[str, Any] | None:
         """Version, length and SHA-256 of an open document's text (None when it is not open):
@@ -449,6 +600,8 @@ def initialized(ls: GPTBigCodeServer, params: types.InitializedParams) -> None:
     if ls.client.messages:
         ls.warn(ls.client.messages)
     ls.spawn(ls.load_model())
+    for uri in list(ls.documents):
+        ls.schedule_diagnostics(uri)
 
 
 @server.feature(types.SHUTDOWN)
@@ -474,6 +627,7 @@ def did_open(ls: GPTBigCodeServer, params: types.DidOpenTextDocumentParams) -> N
     """Track a newly opened document."""
     item = params.text_document
     ls.documents.open(item.uri, item.text, item.version, item.language_id)
+    ls.schedule_diagnostics(item.uri)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
@@ -487,6 +641,7 @@ def did_change(ls: GPTBigCodeServer, params: types.DidChangeTextDocumentParams) 
         log.warning("didChange for %s, which is not open", uri)
         return
     ls.touched(uri)
+    ls.schedule_diagnostics(uri)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
@@ -567,6 +722,28 @@ def _label(text: str, width: int = 60) -> str:
 def _position(document: Document, offset: int, ls: GPTBigCodeServer) -> types.Position:
     line, character = document.position_at(offset, ls.documents.encoding)
     return types.Position(line=line, character=character)
+
+
+# -- code actions ---------------------------------------------------------------------------
+
+
+@server.feature(
+    types.TEXT_DOCUMENT_CODE_ACTION,
+    types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.QuickFix]),
+)
+def code_action(ls: GPTBigCodeServer, params: types.CodeActionParams) -> list[types.CodeAction]:
+    """For each of our secret diagnostics in the request: read the value from an environment
+    variable instead (Python, JavaScript / TypeScript, shell)."""
+    try:
+        document = ls.documents.get(params.text_document.uri)
+    except UnknownDocumentError:
+        return []
+    actions = []
+    for diagnostic in params.context.diagnostics:
+        action = secret_action(document, diagnostic, ls.documents.encoding)
+        if action is not None:
+            actions.append(action)
+    return actions
 
 
 # -- commands -------------------------------------------------------------------------------

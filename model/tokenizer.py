@@ -248,13 +248,17 @@ class Tokenizer:
         """Token ids of document text: spellings of special tokens in it ("<fim_middle>",
         "<|endoftext|>") stay ordinary text, so a file cannot inject control tokens into a
         prompt built around it."""
+        return self._encode(text, self._as_text_backend()).ids
+
+    def _as_text_backend(self) -> tokenizers.Tokenizer:
         if self._text_backend is None:
             self._text_backend = tokenizers.Tokenizer.from_str(self.backend.to_str())
             self._text_backend.encode_special_tokens = True
-        return self._encode(text, self._text_backend).ids
+        return self._text_backend
 
-    def encode_with_offsets(self, text: str) -> tuple[list[int], Offsets]:
-        """Ids and each token's (start, end) character span in text.
+    def encode_with_offsets(self, text: str, *, as_text: bool = False) -> tuple[list[int], Offsets]:
+        """Ids and each token's (start, end) character span in text (`as_text`: special-token
+        spellings stay ordinary text, as in `encode_text`).
 
         Spans index the Python string. For byte-level BPE each is the smallest run of characters
         whose UTF-8 holds the token's bytes, whatever the tokenizer's trim_offsets says: spans
@@ -262,7 +266,7 @@ class Tokenizer:
         character all get that character's span (and a token joining bytes of two characters
         spans both). This equals transformers' offset_mapping with trim_offsets off.
         """
-        encoding = self._encode(text)
+        encoding = self._encode(text, self._as_text_backend() if as_text else None)
         ids = encoding.ids
         if self._byte_level:
             pieces = [self._token_bytes(i) for i in ids]

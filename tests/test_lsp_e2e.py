@@ -5,135 +5,20 @@ text, so the tests pin structure: ranges, line shape, ordering, counts, messages
 from __future__ import annotations
 
 import asyncio
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from lsp_client import FAST, Client, start, stop
 from lsp_fixtures import SAMPLE, build_checkpoint
 from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
-from pygls.lsp.client import LanguageClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-ROOT = Path(__file__).resolve().parents[1]
 FIM_TEXTS = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<|endoftext|>")
-FAST = {"debounceMs": 0, "maxNewTokens": 12}
-
-
-class Client(LanguageClient):
-    """A client that records what the server sends on its own initiative."""
-
-    def __init__(self) -> None:
-        super().__init__("gptbigcode-tests", "0")
-        self.messages: list[types.ShowMessageParams] = []
-        self.progress_values: list[Any] = []  # values of $/progress, in order
-        self.tokens: list[Any] = []  # created with window/workDoneProgress/create
-        self.versions: dict[str, int] = {}
-
-        @self.feature(types.WINDOW_SHOW_MESSAGE)
-        def show_message(params: types.ShowMessageParams) -> None:
-            self.messages.append(params)
-
-        @self.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
-        def create_progress(params: types.WorkDoneProgressCreateParams) -> None:
-            self.tokens.append(params.token)
-
-        @self.feature(types.PROGRESS)
-        def progress(params: types.ProgressParams) -> None:
-            self.progress_values.append(params.value)
-
-    # -- documents
-
-    def open(self, uri: str, text: str) -> None:
-        self.versions[uri] = 1
-        self.text_document_did_open(types.DidOpenTextDocumentParams(
-            text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1,
-                                                 text=text)
-        ))
-
-    def type(self, uri: str, at: types.Position, text: str) -> None:
-        """Insert `text` at `at` (an incremental change with an empty range)."""
-        self.versions[uri] += 1
-        self.text_document_did_change(types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=uri,
-                                                                version=self.versions[uri]),
-            content_changes=[types.TextDocumentContentChangePartial(
-                range=types.Range(at, at), text=text
-            )],
-        ))
-
-    # -- requests
-
-    async def inline(self, uri: str, at: types.Position) -> list[types.InlineCompletionItem]:
-        result = await self.text_document_inline_completion_async(types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=uri), position=at,
-            context=types.InlineCompletionContext(
-                trigger_kind=types.InlineCompletionTriggerKind.Automatic
-            ),
-        ))
-        assert isinstance(result, types.InlineCompletionList)
-        return list(result.items)
-
-    async def complete(self, uri: str, at: types.Position) -> list[types.CompletionItem]:
-        result = await self.text_document_completion_async(types.CompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=uri), position=at
-        ))
-        assert isinstance(result, types.CompletionList) and result.is_incomplete
-        return list(result.items)
-
-    async def status(self, requests: bool = False) -> dict[str, Any]:
-        result = await self.workspace_execute_command_async(types.ExecuteCommandParams(
-            command="gptbigcode.status", arguments=[{"requests": requests}]
-        ))
-        return dict(result or {})
-
-    def configure(self, settings: dict[str, Any]) -> None:
-        self.workspace_did_change_configuration(
-            types.DidChangeConfigurationParams(settings={"gptbigcode": settings})
-        )
-
-    async def wait_until_loaded(self, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = await self.status()
-            if status["state"] in ("ready", "failed") or time.monotonic() > deadline:
-                return status
-            await asyncio.sleep(0.05)
-
-
-async def start(
-    checkpoint: str,
-    tmp: Path,
-    encodings: list[str] | None = None,
-    options: dict[str, Any] | None = None,
-    initialized: bool = True,
-) -> Client:
-    client = Client()
-    await client.start_io(
-        sys.executable, "-m", "lsp_server", "--model", checkpoint, "--threads", "1",
-        "--log-file", str(tmp / "server.log"), "-v", cwd=str(ROOT),
-    )
-    general = types.GeneralClientCapabilities(position_encodings=encodings)
-    await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(
-            general=general, window=types.WindowClientCapabilities(work_done_progress=True)
-        ),
-        initialization_options=options if options is not None else FAST,
-    ))
-    if initialized:
-        client.initialized(types.InitializedParams())
-    return client
-
-
-async def stop(client: Client) -> None:
-    await client.shutdown_async(None)
-    client.exit(None)
-    await client.stop()
 
 
 @pytest.fixture(scope="module")

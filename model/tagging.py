@@ -1,0 +1,167 @@
+"""BIO tags over tokens (StarPII's label scheme) and their decoding into character spans.
+
+Training turns character spans into one tag per token; inference turns per-token label
+probabilities back into spans. With a causal backbone a token's tag is decided from the text
+up to it, so a span's first tokens are the least certain: decoding keeps a run of tagged tokens,
+scores it by its mean probability, then extends its start back over characters that can belong
+to the value (a key that the model recognised half-way is flagged whole).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+ENTITY_TYPES = ("KEY", "PASSWORD", "EMAIL", "IP_ADDRESS", "USERNAME")
+SECRET_TYPES = frozenset({"KEY", "PASSWORD", "USERNAME"})
+
+Offsets = Sequence[tuple[int, int]]
+
+# Characters that end a value in source text: whitespace, quotes, brackets, separators.
+_WHITESPACE = frozenset(" \t\r\n")
+_STOPS = _WHITESPACE | frozenset("\"'`,;()[]{}<>")
+_TRAILING_ASSIGNMENT = re.compile(r"\s+[:=]+\s*\Z")  # `API_KEY =` before the value
+# Per type, characters that additionally separate the value from its surroundings.
+_TYPE_STOPS = {
+    "KEY": frozenset(":"),
+    "PASSWORD": frozenset(":@/"),
+    "USERNAME": frozenset(":@/"),
+    "EMAIL": frozenset(":/"),
+    "IP_ADDRESS": frozenset("/@="),
+}
+_LEADING_TRIM = frozenset("=:@/")
+_MIN_CHARS = {"KEY": 8, "PASSWORD": 3, "USERNAME": 2, "EMAIL": 6, "IP_ADDRESS": 3}
+
+
+def bio_labels(types: Sequence[str] = ENTITY_TYPES) -> list[str]:
+    """["O", "B-KEY", "I-KEY", ...]: the id order of the classifier's outputs."""
+    return ["O"] + [f"{prefix}-{kind}" for kind in types for prefix in "BI"]
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A tagged value: characters [start, end) of the text, its type and mean probability."""
+
+    start: int
+    end: int
+    label: str
+    score: float
+
+
+def token_tags(
+    offsets: Offsets, spans: Sequence[tuple[int, int, str]], labels: Sequence[str]
+) -> list[int]:
+    """Training targets: B for the token holding a span's first character, I for the other
+    tokens overlapping it, O elsewhere. Unknown span types raise ValueError."""
+    index = {name: i for i, name in enumerate(labels)}
+    tags = [0] * len(offsets)
+    for start, end, kind in spans:
+        if f"B-{kind}" not in index:
+            raise ValueError(f"span type {kind!r} is not one of the labels {list(labels)}")
+        first = True
+        for t, (a, b) in enumerate(offsets):
+            if b > start and a < end and tags[t] == 0:
+                tags[t] = index[f"{'B' if first else 'I'}-{kind}"]
+                first = False
+    return tags
+
+
+def type_probabilities(
+    probs: torch.Tensor, labels: Sequence[str]
+) -> tuple[torch.Tensor, list[str]]:
+    """(T, 1 + types) probabilities: O, then B + I of each type; and the type names."""
+    kinds = list(dict.fromkeys(name[2:] for name in labels if name != "O"))
+    labels = list(labels)
+    columns = [probs[:, labels.index("O")]]
+    for kind in kinds:
+        columns.append(probs[:, labels.index(f"B-{kind}")] + probs[:, labels.index(f"I-{kind}")])
+    return torch.stack(columns, dim=1), kinds
+
+
+def decode_entities(
+    text: str,
+    offsets: Offsets,
+    probs: torch.Tensor,
+    labels: Sequence[str],
+    thresholds: Mapping[str, float] | float = 0.5,
+) -> list[Entity]:
+    """Spans of `text` from per-token label probabilities (T, len(labels)), sorted and
+    disjoint. A run of consecutive tokens whose most likely type is the same entity type is
+    cut at quotes, brackets and separators (a value never holds them; whitespace may, as in a
+    PEM block); each piece is kept when the mean probability of its tokens reaches the type's
+    threshold (a number applies to all types)."""
+    if probs.shape != (len(offsets), len(labels)):
+        raise ValueError(
+            f"probabilities of shape {tuple(probs.shape)} do not match {len(offsets)} tokens "
+            f"x {len(labels)} labels"
+        )
+    grouped, kinds = type_probabilities(probs.float(), labels)
+    best = grouped.argmax(dim=1).tolist()
+    entities: list[Entity] = []
+    t = 0
+    while t < len(best):
+        if best[t] == 0:
+            t += 1
+            continue
+        kind, run_start = best[t], t
+        while t < len(best) and best[t] == kind:
+            t += 1
+        label = kinds[kind - 1]
+        limit = (thresholds if isinstance(thresholds, int | float)
+                 else thresholds.get(label, 0.5))
+        for start, end in pieces(text, offsets[run_start][0], offsets[t - 1][1], label):
+            floor = entities[-1].end if entities else 0
+            span = value_span(text, start, end, label, floor)
+            if span is None:
+                continue
+            inside = [i for i in range(run_start, t)
+                      if offsets[i][1] > span[0] and offsets[i][0] < span[1]]
+            score = float(grouped[inside, kind].mean()) if inside else 0.0
+            if score >= limit:
+                entities.append(Entity(span[0], span[1], label, score))
+    return entities
+
+
+def pieces(text: str, start: int, end: int, label: str) -> list[tuple[int, int]]:
+    """[start, end) cut at the characters no value of the type holds (whitespace excepted),
+    and at an `=` with more value after it (`NAME=value`; base64 padding stays)."""
+    hard = (_STOPS - _WHITESPACE) | _TYPE_STOPS.get(label, frozenset())
+    out, piece_start = [], start
+    for i in range(start, end + 1):
+        assigns = (i + 1 < end and text[i] == "=" and text[i + 1] != "="
+                   and text[i + 1] not in _STOPS)
+        if i == end or text[i] in hard or assigns:
+            if i > piece_start:
+                out.append((piece_start, i))
+            piece_start = i + 1
+    return out
+
+
+def value_span(
+    text: str, start: int, end: int, label: str, floor: int = 0
+) -> tuple[int, int] | None:
+    """Tidy a piece's characters into the value: trim separators and quotes the tokens carried
+    at its edges (and a trailing ` =` of an assignment), extend the start back over value
+    characters down to `floor`, require a minimum length."""
+    stops = _STOPS | _TYPE_STOPS.get(label, frozenset())
+    start = max(start, floor)
+    while start < end and (text[start] in stops or text[start] in _LEADING_TRIM):
+        start += 1
+    while end > start and text[end - 1] in stops:
+        end -= 1
+    assignment = _TRAILING_ASSIGNMENT.search(text, start, end)
+    if assignment is not None:
+        end = assignment.start()
+    if start >= end:
+        return None
+    back_stops = stops | (_LEADING_TRIM - {"@"} if label == "EMAIL" else _LEADING_TRIM)
+    while start > floor and text[start - 1] not in back_stops:
+        start -= 1
+    if end - start < _MIN_CHARS.get(label, 1):
+        return None
+    if label == "EMAIL" and "@" not in text[start:end]:
+        return None
+    return start, end

@@ -1,0 +1,313 @@
+"""Train the diagnostics model: the default model's backbone with a BIO tagger for secrets and
+personal data and a bug scorer for functions, fine-tuned together.
+
+    python -m model.train.heads --run-dir runs/heads --minutes 20
+
+Tagging data comes from `secrets_data.generate` (seed --seed, training host files, training
+formats only); bug data from `mutations.make_pairs` over training files (originals labelled
+looks_right, mutants looks_wrong). A slice of training files is kept back to pick the decision
+thresholds, which are saved with the weights. `--freeze-backbone` trains the heads alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import DEFAULT_MODEL_DIR
+from ..heads import DiagnosticsModel, tag_probabilities
+from ..tagging import ENTITY_TYPES, Entity, decode_entities, token_tags
+from ..tokenizer import Tokenizer
+from .data import SourceFile, load_corpus
+from .evaluate_heads import per_label, roc_auc, span_counts
+from .mutations import make_pairs
+from .secrets_data import Sample, generate
+from .train import cpu_bf16_native, cpu_name
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+THRESHOLD_GRID = [x / 100 for x in range(30, 96, 5)]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run-dir", type=Path, required=True, help="output folder (final/ inside)")
+    p.add_argument("--data", type=Path, default=Path("runs/data"), help="corpus cache folder")
+    p.add_argument("--backbone", type=Path, default=DEFAULT_MODEL_DIR)
+    p.add_argument("--tag-samples", type=int, default=12000)
+    p.add_argument("--val-samples", type=int, default=600)
+    p.add_argument("--max-doc-tokens", type=int, default=512)
+    p.add_argument("--max-function-tokens", type=int, default=384)
+    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch")
+    p.add_argument("--bug-weight", type=float, default=1.0)
+    p.add_argument("--bug-every", type=int, default=2, help="a bug batch every N steps")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--head-lr", type=float, default=3e-3)
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("--steps", type=int, default=None, help="fixed step count instead of --minutes")
+    p.add_argument("--freeze-backbone", action="store_true")
+    p.add_argument("--min-precision", type=float, default=0.92,
+                   help="thresholds: the lowest with this validation precision (else best F1)")
+    p.add_argument("--bug-false-alarms", type=float, default=0.1,
+                   help="bug threshold: the share of validation originals allowed above it")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=1)
+    return p.parse_args(argv)
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tagged:
+    ids: list[int]
+    tags: list[int]
+
+
+def tagged(samples: Sequence[Sample], tok: Tokenizer, labels: Sequence[str], limit: int
+           ) -> list[Tagged]:
+    rows = []
+    for s in samples:
+        ids, offsets = tok.encode_with_offsets(s.text, as_text=True)
+        tags = token_tags(offsets, [(x.start, x.end, x.label) for x in s.spans], labels)
+        rows.append(Tagged(ids[:limit], tags[:limit]))
+    return rows
+
+
+def is_validation(path: str) -> bool:
+    return hashlib.sha256(("heads-val:" + path).encode()).digest()[0] < 13  # ~5%
+
+
+def function_rows(files: Sequence[SourceFile], tok: Tokenizer, seed: int, limit: int
+                  ) -> list[tuple[list[int], int]]:
+    """(ids, label) for every original (0) and mutant (1) that fits `limit` tokens."""
+    rows = []
+    for fn, mutant in make_pairs(files, seed=seed):
+        a, b = tok.encode_text(fn.text), tok.encode_text(mutant.text)
+        if len(a) <= limit and len(b) <= limit:
+            rows += [(a, 0), (b, 1)]
+    return rows
+
+
+def batches(rows: Sequence[tuple[list[int], list[int] | int]], budget: int, rng: random.Random
+            ) -> Iterator[list[tuple[list[int], list[int] | int]]]:
+    """Endless shuffled batches, grouped by length so padding stays small."""
+    while True:
+        order = sorted(range(len(rows)), key=lambda i: (len(rows[i][0]), rng.random()))
+        groups, current = [], []  # type: ignore[var-annotated]
+        for i in order:
+            longest = max([len(rows[j][0]) for j in current] + [len(rows[i][0])])
+            if current and longest * (len(current) + 1) > budget:
+                groups.append(current)
+                current = []
+            current.append(i)
+        if current:
+            groups.append(current)
+        rng.shuffle(groups)
+        for group in groups:
+            yield [rows[i] for i in group]
+
+
+def pad(batch: Sequence[tuple[list[int], object]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    mask = torch.zeros(len(batch), width, dtype=torch.long)
+    for i, (row, _) in enumerate(batch):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask  # (B, W) each
+
+
+# -- training -------------------------------------------------------------------------------
+
+
+def tag_loss(model: DiagnosticsModel, batch: Sequence[tuple[list[int], object]]) -> torch.Tensor:
+    ids, mask = pad(batch)
+    targets = torch.full_like(ids, IGNORE)
+    for i, (_, tags) in enumerate(batch):
+        assert isinstance(tags, list)
+        targets[i, : len(tags)] = torch.tensor(tags)
+    logits = model.tag_logits(model.hidden(ids, attention_mask=mask))  # (B, W, labels)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+
+
+def bug_loss(model: DiagnosticsModel, batch: Sequence[tuple[list[int], object]]) -> torch.Tensor:
+    ids, mask = pad(batch)
+    hidden = model.hidden(ids, attention_mask=mask)  # (B, W, n_embd)
+    last = mask.sum(1) - 1
+    pooled = hidden[torch.arange(len(batch)), last]  # (B, n_embd)
+    labels = torch.tensor([label for _, label in batch])
+    return F.cross_entropy(model.bug_logits(pooled).float(), labels)
+
+
+def make_optimizer(model: DiagnosticsModel, args: argparse.Namespace) -> torch.optim.AdamW:
+    heads = [*model.tagger.classifier.parameters(), *model.score.parameters()]
+    head_ids = {id(p) for p in heads}
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    for p in backbone:
+        p.requires_grad_(not args.freeze_backbone)
+    groups = [{"params": heads, "lr": args.head_lr, "base_lr": args.head_lr}]
+    if not args.freeze_backbone:
+        groups.append({"params": backbone, "lr": args.lr, "base_lr": args.lr})
+    return torch.optim.AdamW(groups, weight_decay=0.01)
+
+
+def schedule(optimizer: torch.optim.Optimizer, step: int, progress: float, warmup: int) -> None:
+    scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * max(scale, 0.05)
+
+
+# -- thresholds -----------------------------------------------------------------------------
+
+
+def pick_thresholds(model: DiagnosticsModel, tok: Tokenizer, samples: Sequence[Sample],
+                    min_precision: float) -> dict[str, float]:
+    """Per type, the lowest threshold reaching min_precision on validation (best F1 if none)."""
+    model.eval()
+    decoded = []
+    for s in samples:
+        ids, offsets = tok.encode_with_offsets(s.text, as_text=True)
+        decoded.append((s, offsets, tag_probabilities(model, ids)))
+    chosen = {}
+    for kind in ENTITY_TYPES:
+        best: tuple[float, float] | None = None
+        fallback = (-1.0, 0.5)
+        for limit in THRESHOLD_GRID:
+            counts: Counter[str] = Counter()
+            for s, o, p in decoded:
+                found = only(decode_entities(s.text, o, p, model.labels, limit), kind)
+                counts += span_counts(found, [x for x in s.spans if x.label == kind], False)
+            row = per_label(counts, [kind])[kind]
+            if row["precision"] >= min_precision and best is None:
+                best = (row["f1"], limit)
+            fallback = max(fallback, (row["f1"], limit))
+        chosen[kind] = (best or fallback)[1]
+        log.info("threshold %s: %.2f", kind, chosen[kind])
+    return chosen
+
+
+def only(entities: list[Entity], kind: str) -> list[Entity]:
+    return [e for e in entities if e.label == kind]
+
+
+@torch.inference_mode()
+def bug_threshold(model: DiagnosticsModel, rows: Sequence[tuple[list[int], int]],
+                  false_alarms: float) -> tuple[float, float]:
+    """The score above which at most `false_alarms` of validation originals fall, and AUC."""
+    scores = [model.bug_probability(ids) for ids, _ in rows]
+    originals = sorted(s for s, (_, label) in zip(scores, rows, strict=True) if label == 0)
+    index = min(len(originals) - 1, math.ceil((1 - false_alarms) * len(originals)))
+    auc = roc_auc(scores, [label == 1 for _, label in rows])
+    return originals[index], auc
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    torch.set_num_threads(args.threads)
+    autocast = cpu_bf16_native()
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    corpus = load_corpus(args.data)
+    train_files = [f for f in corpus.train if not is_validation(f.path)]
+    val_files = [f for f in corpus.train if is_validation(f.path)]
+    model = DiagnosticsModel.fresh(args.backbone)
+    tok = Tokenizer.from_pretrained(args.backbone)
+    labels = model.labels
+    started = time.monotonic()
+    tag_rows = tagged(generate(args.seed, args.tag_samples, train_files, split="train"),
+                      tok, labels, args.max_doc_tokens)
+    val_samples = generate(args.seed + 100, args.val_samples, val_files, split="train")
+    fn_rows = function_rows(train_files, tok, args.seed, args.max_function_tokens)
+    val_fn_rows = function_rows(val_files, tok, args.seed + 100, args.max_function_tokens)
+    log.info("data: %d tagged documents, %d function rows (%d validation) in %.0f s",
+             len(tag_rows), len(fn_rows), len(val_fn_rows), time.monotonic() - started)
+    tag_batches = batches([(r.ids, r.tags) for r in tag_rows], args.batch_tokens, rng)
+    bug_batches = batches(fn_rows, args.batch_tokens, rng)  # type: ignore[arg-type]
+    optimizer = make_optimizer(model, args)
+    model.train()
+    step, tokens, smoothed = 0, 0, [float("nan"), float("nan")]
+    started = time.monotonic()
+    budget = args.minutes * 60
+    while True:
+        progress = step / args.steps if args.steps else (time.monotonic() - started) / budget
+        if progress >= 1.0:
+            break
+        schedule(optimizer, step, progress, args.warmup_steps)
+        tag_batch = next(tag_batches)
+        bug_batch = next(bug_batches) if step % args.bug_every == 0 else []
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            losses = [tag_loss(model, tag_batch)]
+            if bug_batch:
+                losses.append(bug_loss(model, bug_batch))
+        (losses[0] + args.bug_weight * sum(losses[1:])).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        for i, loss in enumerate(losses):
+            value = float(loss.detach())
+            smoothed[i] = value if math.isnan(smoothed[i]) else 0.95 * smoothed[i] + 0.05 * value
+        tokens += sum(len(r[0]) for r in tag_batch) + sum(len(r[0]) for r in bug_batch)
+        step += 1
+        if step % 50 == 0:
+            log.info("step %d %.1f min: tag loss %.4f, bug loss %.4f, %d tokens", step,
+                     (time.monotonic() - started) / 60, smoothed[0], smoothed[1], tokens)
+    train_seconds = time.monotonic() - started
+    model.eval()
+    thresholds = pick_thresholds(model, tok, val_samples, args.min_precision)
+    thresholds["BUG"], val_auc = bug_threshold(model, val_fn_rows, args.bug_false_alarms)
+    model.settings.thresholds = {k: round(v, 4) for k, v in thresholds.items()}
+    summary = {
+        "steps": step, "tokens": tokens, "train_minutes": round(train_seconds / 60, 2),
+        "tag_loss": round(smoothed[0], 4), "bug_loss": round(smoothed[1], 4),
+        "validation_bug_roc_auc": round(val_auc, 4), "bf16_autocast": autocast,
+        "frozen_backbone": args.freeze_backbone, "machine": f"{cpu_name()}, {args.threads} threads",
+        "torch": torch.__version__, "seed": args.seed,
+        "command": "python -m model.train.heads " + " ".join(sys.argv[1:]),
+    }
+    model.settings.training = summary
+    save(model, args.backbone, args.run_dir / "final")
+    (args.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("done: %s; thresholds %s", summary, model.settings.thresholds)
+    return summary
+
+
+def save(model: DiagnosticsModel, backbone: Path, folder: Path) -> None:
+    """Weights in bf16 (half the bytes; the package's size limit) and the tokenizer files."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, dtype=torch.bfloat16)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (backbone / name).is_file():
+            shutil.copy(backbone / name, partial / name)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Diagnostics in the server, without a model: findings to LSP ranges, the secret-to-environment
+code action's edits in each language, where a function's bug diagnostic sits, and options."""
+
+from __future__ import annotations
+
+import pytest
+from lsprotocol import types
+
+from lsp_server.diagnostics import (
+    BUG,
+    Finding,
+    env_replacements,
+    python_functions,
+    secret_action,
+    to_lsp,
+    variable_name,
+)
+from lsp_server.documents import Document, DocumentStore
+from lsp_server.options import parse_options
+
+
+def document(text: str, language: str = "python", uri: str = "file:///w/a.py") -> Document:
+    store = DocumentStore()
+    return store.open(uri, text, 1, language)
+
+
+def apply(text: str, edits: list[types.TextEdit], encoding: str = "utf-16") -> str:
+    """The text after LSP edits (all relative to the original text), applied back to front."""
+    doc = document(text)
+    spans = sorted(((doc.offset_at(e.range.start, encoding),  # type: ignore[arg-type]
+                     doc.offset_at(e.range.end, encoding), e.new_text)  # type: ignore[arg-type]
+                    for e in edits), reverse=True)
+    for start, end, new in spans:
+        text = text[:start] + new + text[end:]
+    return text
+
+
+def finding_of(text: str, value: str, label: str = "KEY", score: float = 0.97) -> Finding:
+    start = text.index(value)
+    return Finding(start, start + len(value), label, score)
+
+
+# -- ranges ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding, column", [("utf-16", 18), ("utf-8", 22), ("utf-32", 16)])
+def test_finding_after_an_emoji_maps_to_the_negotiated_columns(encoding: str, column: int) -> None:
+    # "s = '😀😀' ; k = '" is 16 code points; each emoji is 2 UTF-16 units and 4 UTF-8 bytes.
+    text = "x = 1\ns = '😀😀' ; k = 'AKIAABCDEFGHIJKLMNOP'\n"
+    value = "AKIAABCDEFGHIJKLMNOP"
+    diag = to_lsp([finding_of(text, value)], document(text), encoding)[0]  # type: ignore[arg-type]
+    assert diag.range.start == types.Position(1, column)
+    assert diag.range.end == types.Position(1, column + len(value))
+
+
+def test_finding_in_a_crlf_document_is_on_the_right_line() -> None:
+    text = "import os\r\n\r\npassword = 'hunter22!'\r\nprint(1)\r\n"
+    diag = to_lsp([finding_of(text, "hunter22!", "PASSWORD")], document(text), "utf-16")[0]
+    assert diag.range == types.Range(types.Position(2, 12), types.Position(2, 21))
+
+
+def test_diagnostic_carries_source_code_severity_and_score_but_not_the_text() -> None:
+    text = "token = 'ghp_abcdefghijklmnopqrstuvwxyz0123456789'\n"
+    value = "ghp_abcdefghijklmnopqrstuvwxyz0123456789"
+    bug = Finding(0, 5, BUG, 0.81)
+    email = finding_of(text, "ghp_abcdefghij", "EMAIL", 0.66)
+    secret, info, pii = to_lsp([finding_of(text, value), bug, email], document(text), "utf-16")
+    assert (secret.source, secret.code, secret.severity) == (
+        "gptbigcode", "secret/KEY", types.DiagnosticSeverity.Warning)
+    assert (info.code, info.severity) == ("bug/looks-wrong", types.DiagnosticSeverity.Information)
+    assert (pii.code, pii.severity) == ("pii/EMAIL", types.DiagnosticSeverity.Information)
+    assert "0.97" in secret.message and "0.81" in info.message
+    for diag in (secret, info, pii):
+        assert value not in diag.message and "ghp_" not in str(diag.data)
+
+
+# -- names and edits ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line, label, name", [
+    ('api_key = "', "KEY", "API_KEY"),
+    ('    self.secret_token = "', "KEY", "SECRET_TOKEN"),
+    ('config = {"client-secret": "', "KEY", "CLIENT_SECRET"),
+    ('db_password: "', "PASSWORD", "DB_PASSWORD"),
+    ('user = "', "PASSWORD", "USER_PASSWORD"),
+    ('connect("', "PASSWORD", "PASSWORD"),
+    ('export GITHUB_TOKEN=', "KEY", "GITHUB_TOKEN"),
+])
+def test_variable_name_comes_from_the_assignment_target(line: str, label: str, name: str) -> None:
+    text = line + "VALUE"
+    assert variable_name(text, len(line), label) == name
+
+
+def test_python_whole_literal_becomes_an_environ_lookup_and_os_is_imported() -> None:
+    text = '"""Settings."""\nfrom __future__ import annotations\n\nAPI_KEY = "sk_live_abcdefgh12345678"\n'
+    f = finding_of(text, "sk_live_abcdefgh12345678")
+    edits = env_replacements(text, f.start, f.end, "API_KEY", "python")
+    assert edits is not None
+    result = text
+    for e in sorted(edits, key=lambda e: e.start, reverse=True):
+        result = result[: e.start] + e.text + result[e.end :]
+    assert result == ('"""Settings."""\nfrom __future__ import annotations\nimport os\n\n'
+                      'API_KEY = os.environ["API_KEY"]\n')
+
+
+def test_python_value_inside_a_url_becomes_an_f_string_field() -> None:
+    text = 'import os\nurl = "postgresql://admin:S3cr3t!pw@db.acme.io:5432/app"\n'
+    f = finding_of(text, "S3cr3t!pw", "PASSWORD")
+    edits = env_replacements(text, f.start, f.end, "DB_PASSWORD", "python")
+    assert edits is not None and all("import os" not in e.text for e in edits)
+    result = text
+    for e in sorted(edits, key=lambda e: e.start, reverse=True):
+        result = result[: e.start] + e.text + result[e.end :]
+    assert result == ('import os\n'
+                      'url = f"postgresql://admin:{os.environ[\'DB_PASSWORD\']}@db.acme.io:5432/app"\n')
+    compile(result, "<edit>", "exec")
+
+
+@pytest.mark.parametrize("text, value", [
+    ('x = b"AKIAABCDEFGHIJKLMNOP"\n', "AKIAABCDEFGHIJKLMNOP"),  # bytes: no str lookup fits
+    ('x = "{0}:AKIAABCDEFGHIJKLMNOP"\n', "AKIAABCDEFGHIJKLMNOP"),  # braces would need doubling
+    ("x = AKIAABCDEFGHIJKLMNOP\n", "AKIAABCDEFGHIJKLMNOP"),  # not in a literal
+])
+def test_python_edits_are_refused_where_they_would_change_the_meaning(text: str, value: str
+                                                                       ) -> None:
+    f = finding_of(text, value)
+    assert env_replacements(text, f.start, f.end, "API_KEY", "python") is None
+
+
+@pytest.mark.parametrize("language, text, value, expected", [
+    ("javascript", "const key = 'AKIAABCDEFGHIJKLMNOP';\n", "AKIAABCDEFGHIJKLMNOP",
+     "const key = process.env.API_KEY;\n"),
+    ("typescript", 'const url = "https://u:pw12345@h.io";\n', "pw12345",
+     "const url = `https://u:${process.env.API_KEY}@h.io`;\n"),
+    ("shellscript", "export TOKEN=ghp_abcdefghijklmnop\n", "ghp_abcdefghijklmnop",
+     'export TOKEN="${API_KEY}"\n'),
+    ("shellscript", 'curl -H "Authorization: Bearer abcdef123456" x\n', "abcdef123456",
+     'curl -H "Authorization: Bearer ${API_KEY}" x\n'),
+    ("shellscript", "mysql -p'hunter22' db\n", "hunter22", "mysql -p''\"${API_KEY}\"'' db\n"),
+])
+def test_other_languages_read_the_environment_their_own_way(
+    language: str, text: str, value: str, expected: str
+) -> None:
+    f = finding_of(text, value)
+    edits = env_replacements(text, f.start, f.end, "API_KEY", language)
+    assert edits is not None
+    for e in sorted(edits, key=lambda e: e.start, reverse=True):
+        text = text[: e.start] + e.text + text[e.end :]
+    assert text == expected
+
+
+def test_no_edit_for_languages_without_a_known_lookup() -> None:
+    text = "password: hunter22\n"
+    f = finding_of(text, "hunter22", "PASSWORD")
+    assert env_replacements(text, f.start, f.end, "PASSWORD", "yaml") is None
+
+
+def test_code_action_edits_exactly_the_flagged_secret() -> None:
+    text = 'import os\n\n# 😀 keys\nclient = Client(api_key="AKIAABCDEFGHIJKLMNOP", region="eu")\n'
+    doc = document(text)
+    diag = to_lsp([finding_of(text, "AKIAABCDEFGHIJKLMNOP")], doc, "utf-16")[0]
+    action = secret_action(doc, diag, "utf-16")
+    assert action is not None and action.kind == types.CodeActionKind.QuickFix
+    assert action.diagnostics == [diag] and "API_KEY" in action.title
+    assert action.edit is not None and action.edit.changes is not None
+    edits = action.edit.changes["file:///w/a.py"]
+    assert apply(text, edits) == (
+        'import os\n\n# 😀 keys\nclient = Client(api_key=os.environ["API_KEY"], region="eu")\n')
+
+
+def test_code_action_ignores_other_sources_and_personal_data() -> None:
+    text = 'email = "jane.doe@acme.io"\n'
+    doc = document(text)
+    diag = to_lsp([finding_of(text, "jane.doe@acme.io", "EMAIL")], doc, "utf-16")[0]
+    assert secret_action(doc, diag, "utf-16") is None
+    foreign = types.Diagnostic(range=diag.range, message="x", source="pylint",
+                               data={"label": "KEY"})
+    assert secret_action(doc, foreign, "utf-16") is None
+
+
+# -- functions for the bug head -------------------------------------------------------------
+
+
+def test_bug_findings_sit_on_the_function_names() -> None:
+    text = ("import functools\n\n\n@functools.cache\ndef total(items):\n    s = 0\n"
+            "    for x in items:\n        s += x\n    return s\n\n\nclass Box:\n"
+            "    def area(self, w, h):\n        if w < 0:\n            return 0\n"
+            "        return w * h\n")
+    spans = python_functions(text)
+    names = [text[start:end] for start, end, _ in spans]
+    assert names == ["total", "area"]
+    assert spans[0][2].startswith("@functools.cache\ndef total(items):")
+    assert spans[1][2].startswith("def area(self, w, h):\n    if w < 0:")
+
+
+def test_no_functions_while_the_file_does_not_parse() -> None:
+    assert python_functions("def broken(:\n    return 1\n") == []
+
+
+# -- options --------------------------------------------------------------------------------
+
+
+def test_diagnostics_options_are_checked_key_by_key() -> None:
+    options, messages = parse_options({"diagnostics": {
+        "secretThreshold": 0.8, "bugs": False, "bugThreshold": 1.5, "debounceMs": -1,
+        "colour": "red"}})
+    d = options.diagnostics
+    assert (d.secret_threshold, d.bugs, d.bug_threshold, d.debounce_ms) == (0.8, False, None, 400)
+    assert len(messages) == 3
+    assert any("bugThreshold" in m and "1.5" in m for m in messages)
+    assert any("diagnostics.colour: unknown option" in m for m in messages)
