@@ -19,6 +19,7 @@ from cache import ContextBudget, Layout, PrefixCache, PromptBuilder, prefill
 from model import GPTBigCodeForCausalLM, KVCache, Tokenizer
 from model.checkpoint import parse_dtype, resolve_checkpoint
 from model.generation import decode_one_token, sample
+from model.hardware import auto_dtype
 
 from .options import Options
 from .postprocess import postprocess, wants_single_line
@@ -103,10 +104,8 @@ class ModelChoice:
         if options.dtype != "auto":
             dtype = parse_dtype(options.dtype)
             assert dtype is not None
-        elif device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            dtype = torch.bfloat16
         else:
-            dtype = torch.float32
+            dtype = auto_dtype(device)
         return cls(options.model, device, dtype)
 
 

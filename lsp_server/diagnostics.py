@@ -182,6 +182,8 @@ def to_lsp(findings: list[Finding], document: Document, encoding: PositionEncodi
 
 _NAME_BEFORE = re.compile(r"""["']?([A-Za-z_][\w.-]*)["']?\s*(?::=|=|:)\s*[rbfu]?["'`]?[^"'`]*\Z""")
 JS_LANGUAGES = frozenset({"javascript", "typescript", "javascriptreact", "typescriptreact"})
+SHELL_LANGUAGES = frozenset({"shellscript", "sh", "bash", "zsh"})
+_NOT_ONE_VALUE = re.compile(r"[\s:@/;,=]")  # a literal holding these holds more than a value
 DEFAULT_NAMES = {"KEY": "API_KEY", "PASSWORD": "PASSWORD", "USERNAME": "USERNAME"}
 
 
@@ -225,7 +227,7 @@ def env_replacements(text: str, start: int, end: int, name: str, language_id: st
         return [Replacement(open_at, open_at + 1, "`"),
                 Replacement(start, end, f"${{process.env.{name}}}"),
                 Replacement(close_at, close_at + 1, "`")]
-    if language_id == "shellscript":
+    if language_id in SHELL_LANGUAGES:
         if literal is not None and text[literal[0]] == "'":
             return [Replacement(start, end, f"'\"${{{name}}}\"'")]
         quoted = literal is not None
@@ -308,6 +310,9 @@ def secret_action(document: Document, diagnostic: types.Diagnostic, encoding: Po
     text = document.text
     if not 0 <= start < end <= len(text):
         return None
+    literal = enclosing_literal(text, start, end)
+    if literal is not None and not _NOT_ONE_VALUE.search(text, literal[0] + 1, literal[1]):
+        start, end = literal[0] + 1, literal[1]  # the literal is the value: replace it whole
     name = variable_name(text, start, str(label))
     edits = env_replacements(text, start, end, name, document.language_id)
     if not edits:

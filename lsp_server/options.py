@@ -88,7 +88,7 @@ class Options:
 
     model: str = _option("default", check=_non_empty)  # folder, Hugging Face id, or "default"
     device: str = _option("auto", check=_device)  # "auto": CUDA when there is one, else CPU
-    dtype: Dtype = "auto"  # "auto": bfloat16 on a GPU that has it, else float32
+    dtype: Dtype = "auto"  # "auto": bf16 on a GPU or CPU that computes it natively, else fp32
     max_new_tokens: int = _option(64, check=_at_least(1))
     temperature: float = _option(0.0, check=_at_least(0.0))  # 0.0: greedy
     top_p: float = _option(1.0, check=_top_p)

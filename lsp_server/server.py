@@ -170,6 +170,8 @@ class GPTBigCodeServer(LanguageServer):
         )
         if changed and self.model.state != "idle":
             self.spawn(self.load_model())
+        if self.diagnostics.state == "failed":  # a new configuration may fix it: try again
+            self.diagnostics.state, self.diagnostics.loading = "idle", None
         if old.diagnostics != self.options.diagnostics:
             self.diagnostics_options_changed(old.diagnostics.model)
 
@@ -734,6 +736,9 @@ def _position(document: Document, offset: int, ls: GPTBigCodeServer) -> types.Po
 def code_action(ls: GPTBigCodeServer, params: types.CodeActionParams) -> list[types.CodeAction]:
     """For each of our secret diagnostics in the request: read the value from an environment
     variable instead (Python, JavaScript / TypeScript, shell)."""
+    only = params.context.only
+    if only and not any(types.CodeActionKind.QuickFix.value.startswith(kind) for kind in only):
+        return []
     try:
         document = ls.documents.get(params.text_document.uri)
     except UnknownDocumentError:

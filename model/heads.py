@@ -38,6 +38,9 @@ class HeadSettings:
 
     bug_labels: tuple[str, ...] = BUG_LABELS
     thresholds: dict[str, float] = field(default_factory=dict)  # per entity type, and "BUG"
+    # A token appended to every function before scoring (the bug head reads its hidden state,
+    # the same summary position whatever the function ends with); None: nothing appended.
+    bug_end_token: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
 
@@ -94,6 +97,7 @@ class DiagnosticsModel(nn.Module):
         config = self.tagger.config
         config.extra["diagnostics"] = {
             "bug_labels": list(self.settings.bug_labels),
+            "bug_end_token": self.settings.bug_end_token,
             "thresholds": self.settings.thresholds,
             "training": self.settings.training,
         }
@@ -141,11 +145,17 @@ class DiagnosticsModel(nn.Module):
     def bug_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.score(hidden)  # (..., len(bug_labels))
 
+    def bug_input(self, ids: list[int]) -> list[int]:
+        """A function's token ids as the bug head reads them (with the end token, if any)."""
+        end = self.settings.bug_end_token
+        return ids if end is None else [*ids, end]
+
     @torch.inference_mode()
     def bug_probability(self, ids: list[int]) -> float:
         """P(looks_wrong) for one function's token ids, from its last token's hidden state."""
         if not ids:
             raise ValueError("no tokens to score")
+        ids = self.bug_input(ids)
         limit = self.config.n_positions
         window = torch.tensor([ids[-limit:]], device=self.device)  # (1, T)
         logits = self.bug_logits(self.hidden(window)[0, -1]).float()
@@ -169,8 +179,11 @@ def read_settings(folder: Path) -> HeadSettings:
     if not (isinstance(thresholds, dict)
             and all(isinstance(v, int | float) and 0 <= v <= 1 for v in thresholds.values())):
         raise HeadsError(f"{folder}: diagnostics.thresholds must map labels to numbers in [0, 1]")
+    end = entry.get("bug_end_token")
+    if end is not None and not isinstance(end, int):
+        raise HeadsError(f"{folder}: diagnostics.bug_end_token must be a token id or null")
     return HeadSettings(tuple(labels), {str(k): float(v) for k, v in thresholds.items()},
-                        dict(entry.get("training", {})))
+                        end, dict(entry.get("training", {})))
 
 
 def load_tokenizer(folder: str | Path = DIAGNOSTICS_DIR) -> Tokenizer:

@@ -122,7 +122,25 @@ def decode_entities(
             score = float(grouped[inside, kind].mean()) if inside else 0.0
             if score >= limit:
                 entities.append(Entity(span[0], span[1], label, score))
-    return entities
+    return join_fragments(text, entities)
+
+
+def join_fragments(text: str, entities: list[Entity]) -> list[Entity]:
+    """One entity for neighbours of a type that nothing separating values of that type lies
+    between (a password the tagger split at an `=` it holds, a key split mid-way)."""
+    joined: list[Entity] = []
+    for e in entities:
+        last = joined[-1] if joined else None
+        if last is not None and last.label == e.label:
+            stops = _STOPS | _TYPE_STOPS.get(e.label, frozenset())
+            gap = text[last.end : e.start]
+            if not any(c in stops for c in gap):
+                a, b = last.end - last.start, e.end - e.start
+                score = (a * last.score + b * e.score) / (a + b)
+                joined[-1] = Entity(last.start, e.end, e.label, score)
+                continue
+        joined.append(e)
+    return joined
 
 
 def pieces(text: str, start: int, end: int, label: str) -> list[tuple[int, int]]:

@@ -92,7 +92,8 @@ def test_variable_name_comes_from_the_assignment_target(line: str, label: str, n
 
 
 def test_python_whole_literal_becomes_an_environ_lookup_and_os_is_imported() -> None:
-    text = '"""Settings."""\nfrom __future__ import annotations\n\nAPI_KEY = "sk_live_abcdefgh12345678"\n'
+    text = ('"""Settings."""\nfrom __future__ import annotations\n\n'
+            'API_KEY = "sk_live_abcdefgh12345678"\n')
     f = finding_of(text, "sk_live_abcdefgh12345678")
     edits = env_replacements(text, f.start, f.end, "API_KEY", "python")
     assert edits is not None
@@ -209,3 +210,21 @@ def test_diagnostics_options_are_checked_key_by_key() -> None:
     assert len(messages) == 3
     assert any("bugThreshold" in m and "1.5" in m for m in messages)
     assert any("diagnostics.colour: unknown option" in m for m in messages)
+
+
+def test_code_action_widens_a_partial_finding_to_the_whole_literal() -> None:
+    text = 'KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzQ1x9"\n'.replace("/", "")
+    doc = document(text)
+    partial = finding_of(text, "K7MDENGbPxRfiCYzQ1x9")  # the tagger missed the start
+    action = secret_action(doc, to_lsp([partial], doc, "utf-16")[0], "utf-16")
+    assert action is not None and action.edit is not None and action.edit.changes is not None
+    assert apply(text, action.edit.changes["file:///w/a.py"]) == (
+        'import os\nKEY = os.environ["KEY"]\n')
+
+
+def test_shell_quick_fix_answers_to_the_shell_language_ids_of_editors() -> None:
+    text = "export TOKEN=ghp_abcdefghijklmnop\n"
+    f = finding_of(text, "ghp_abcdefghijklmnop")
+    for language in ("sh", "bash", "zsh"):
+        edits = env_replacements(text, f.start, f.end, "TOKEN", language)
+        assert edits is not None and edits[0].text == '"${TOKEN}"'

@@ -16,6 +16,8 @@ from lsp_fixtures import SAMPLE, build_checkpoint
 from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 
+from model.hardware import auto_dtype
+
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 FIM_TEXTS = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<|endoftext|>")
@@ -256,7 +258,9 @@ async def test_status_reports_model_cache_latency_and_steps(
     await client.inline(uri, at)  # the same place: the prompt's KV is all reused
     status = await client.status()
     assert status["model"] == str(checkpoint)
-    assert (status["device"], status["dtype"]) == ("cpu", "float32")
+    # dtype "auto": bf16 where the CPU computes it natively, fp32 elsewhere
+    expected = str(auto_dtype("cpu")).removeprefix("torch.")
+    assert (status["device"], status["dtype"]) == ("cpu", expected)
     assert status["ready"] is True and status["error"] is None
     assert status["layout"] == "spm" and status["positionEncoding"] == "utf-16"
     cache = status["cache"]

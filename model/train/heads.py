@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import DEFAULT_MODEL_DIR
+from ..hardware import cpu_bf16_native, cpu_name
 from ..heads import DiagnosticsModel, tag_probabilities
 from ..tagging import ENTITY_TYPES, Entity, decode_entities, token_tags
 from ..tokenizer import Tokenizer
@@ -36,7 +37,6 @@ from .data import SourceFile, load_corpus
 from .evaluate_heads import per_label, roc_auc, span_counts
 from .mutations import make_pairs
 from .secrets_data import Sample, generate
-from .train import cpu_bf16_native, cpu_name
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,14 @@ def is_validation(path: str) -> bool:
     return hashlib.sha256(("heads-val:" + path).encode()).digest()[0] < 13  # ~5%
 
 
-def function_rows(files: Sequence[SourceFile], tok: Tokenizer, seed: int, limit: int
-                  ) -> list[tuple[list[int], int]]:
-    """(ids, label) for every original (0) and mutant (1) that fits `limit` tokens."""
+def function_rows(files: Sequence[SourceFile], tok: Tokenizer, seed: int, limit: int,
+                  end: int | None) -> list[tuple[list[int], int]]:
+    """(ids, label) for every original (0) and mutant (1) that fits `limit` tokens, each
+    followed by the `end` token when there is one."""
+    tail = [] if end is None else [end]
     rows = []
     for fn, mutant in make_pairs(files, seed=seed):
-        a, b = tok.encode_text(fn.text), tok.encode_text(mutant.text)
+        a, b = tok.encode_text(fn.text) + tail, tok.encode_text(mutant.text) + tail
         if len(a) <= limit and len(b) <= limit:
             rows += [(a, 0), (b, 1)]
     return rows
@@ -237,12 +239,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     tag_rows = tagged(generate(args.seed, args.tag_samples, train_files, split="train"),
                       tok, labels, args.max_doc_tokens)
     val_samples = generate(args.seed + 100, args.val_samples, val_files, split="train")
-    fn_rows = function_rows(train_files, tok, args.seed, args.max_function_tokens)
-    val_fn_rows = function_rows(val_files, tok, args.seed + 100, args.max_function_tokens)
+    model.settings.bug_end_token = tok.eos_token_id
+    fn_rows = function_rows(train_files, tok, args.seed, args.max_function_tokens,
+                            model.settings.bug_end_token)
+    val_fn_rows = function_rows(val_files, tok, args.seed + 100, args.max_function_tokens, None)
     log.info("data: %d tagged documents, %d function rows (%d validation) in %.0f s",
              len(tag_rows), len(fn_rows), len(val_fn_rows), time.monotonic() - started)
     tag_batches = batches([(r.ids, r.tags) for r in tag_rows], args.batch_tokens, rng)
-    bug_batches = batches(fn_rows, args.batch_tokens, rng)  # type: ignore[arg-type]
+    bug_batches = batches(fn_rows, args.batch_tokens, rng)
     optimizer = make_optimizer(model, args)
     model.train()
     step, tokens, smoothed = 0, 0, [float("nan"), float("nan")]

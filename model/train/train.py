@@ -27,6 +27,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..config import GPTBigCodeConfig
+from ..hardware import cpu_bf16_native, cpu_name
 from ..modeling import GPTBigCodeForCausalLM
 from .data import SourceFile, load_corpus
 from .fim import EOT, EncodeBatch, build_sequences, chunk_text, pack
@@ -73,33 +74,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=1234)
     return p.parse_args(argv)
-
-
-# -- machine --------------------------------------------------------------------------------
-
-
-def cpu_bf16_native() -> bool:
-    """Whether oneDNN has bf16 instructions here and a small bf16 matmul runs and is right."""
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return False
-    try:
-        a = torch.randn(16, 16)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            product = a @ a
-        return product.dtype == torch.bfloat16 and torch.allclose(
-            product.float(), a @ a, atol=0.5, rtol=0.05)
-    except RuntimeError:
-        return False
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # -- data -----------------------------------------------------------------------------------

@@ -22,6 +22,20 @@ export const SERVER_OPTION_KEYS = [
   "cacheBudgetMb",
 ] as const;
 
+/** Settings under "gptbigcode.diagnostics." that are the server's `diagnostics` options. */
+export const DIAGNOSTICS_OPTION_KEYS = [
+  "enabled",
+  "model",
+  "secrets",
+  "personalData",
+  "bugs",
+  "secretThreshold",
+  "personalDataThreshold",
+  "bugThreshold",
+  "debounceMs",
+  "maxChars",
+] as const;
+
 /** Reads one setting by its key under "gptbigcode." (`getConfiguration("gptbigcode").get`). */
 export type ReadSetting = (key: string) => unknown;
 
@@ -31,11 +45,18 @@ export interface ServerCommand {
 }
 
 /** initializationOptions, and the section sent with workspace/didChangeConfiguration: every
- * server option, null where unset (the server then uses its own default). */
+ * server option, null where unset (the server then uses its own default); the
+ * "diagnostics." settings go nested under `diagnostics`, as the server reads them. */
 export function serverOptions(read: ReadSetting): Record<string, unknown> {
+  const options = readKeys(read, SERVER_OPTION_KEYS, "");
+  options.diagnostics = readKeys(read, DIAGNOSTICS_OPTION_KEYS, "diagnostics.");
+  return options;
+}
+
+function readKeys(read: ReadSetting, keys: readonly string[], prefix: string): Record<string, unknown> {
   const options: Record<string, unknown> = {};
-  for (const key of SERVER_OPTION_KEYS) {
-    const value = read(key);
+  for (const key of keys) {
+    const value = read(prefix + key);
     options[key] = value === undefined ? null : value;
   }
   return options;

@@ -28,6 +28,7 @@ const VSCODE_INVOKE = 0; // vscode.InlineCompletionTriggerKind
 const VSCODE_AUTOMATIC = 1;
 const READY_TIMEOUT_MS = 90_000;
 const SHUTDOWN_TIMEOUT_MS = 15_000;
+const DIAGNOSTICS_TIMEOUT_MS = 90_000;
 
 const readJson = (path) => JSON.parse(readFileSync(path, "utf8"));
 
@@ -66,6 +67,15 @@ function positionAfter(text, needle) {
   return { line, character: offset - (before.lastIndexOf("\n") + 1) };
 }
 
+/** `line` with TextEdits on it applied (every edit on that one line; ranges do not overlap). */
+function applyLineEdits(line, edits) {
+  const sorted = [...edits].sort((a, b) => b.range.start.character - a.range.start.character);
+  return sorted.reduce(
+    (text, e) => text.slice(0, e.range.start.character) + e.newText + text.slice(e.range.end.character),
+    line,
+  );
+}
+
 // ---- fixtures: what the extension sends
 
 test("client capabilities fixture is what vscode-languageclient computes with the extension's features", () => {
@@ -81,6 +91,8 @@ test("initializationOptions fixture is what the extension builds from default se
   assert.deepEqual(readJson(join(FIXTURES, "vscode_initialization_options.json")), built);
   assert.equal(built.contextTokens, null); // unset: the server's default
   assert.deepEqual(built.stop, []);
+  assert.equal(built.diagnostics.enabled, true); // the "diagnostics." settings, nested
+  assert.equal(built.diagnostics.secretThreshold, null);
 });
 
 test("server command prefers server.command, then pythonPath -m lsp_server, then gptbigcode-lsp", () => {
@@ -138,7 +150,7 @@ function startServer(settings) {
   return { child, connection, seen, stderr: () => stderr };
 }
 
-describe("the extension's requests against the real server over stdio", { timeout: 180_000 }, () => {
+describe("the extension's requests against the real server over stdio", { timeout: 240_000 }, () => {
   const model = testModel();
   const settings = settingsWith({
     model,
@@ -275,38 +287,54 @@ describe("the extension's requests against the real server over stdio", { timeou
   });
 
   test("changed settings reach the running server as didChangeConfiguration", async () => {
-    const changed = settingsWith({ model, debounceMs: 0, maxNewTokens: 5 });
+    const changed = settingsWith({ model, debounceMs: 0, maxNewTokens: 5, "diagnostics.bugThreshold": 0.9 });
     server.connection.sendNotification(protocol.DidChangeConfigurationNotification.type, {
       settings: { [SECTION]: serverOptions(changed) },
     });
     const options = (await status()).options;
     assert.equal(options.maxNewTokens, 5);
     assert.equal(options.debounceMs, 0);
+    assert.equal(options.diagnostics.bugThreshold, 0.9);
+    assert.equal(options.diagnostics.debounceMs, 400); // the other diagnostics settings as they were
     assert.equal((await status()).state, "ready"); // same model: no reload
     assert.deepEqual(warnings(), []);
   });
 
-  test(
-    "diagnostics are published after a secret is typed",
-    { skip: "pending issue 6: the server publishes no diagnostics yet" },
-    async () => {
-      const text = "import os\n\n";
-      const uri = open(text);
-      server.connection.sendNotification(protocol.DidChangeTextDocumentNotification.type, {
-        textDocument: { uri, version: 2 },
-        contentChanges: [
-          {
-            range: { start: { line: 2, character: 0 }, end: { line: 2, character: 0 } },
-            text: 'AWS_SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"\n',
-          },
-        ],
-      });
-      const deadline = Date.now() + 30_000;
-      while (!server.seen.diagnostics.get(uri)?.length && Date.now() < deadline) {
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-      const diagnostics = server.seen.diagnostics.get(uri) ?? [];
-      assert.ok(diagnostics.some((d) => d.range.start.line === 2), JSON.stringify(diagnostics));
-    },
-  );
+  test("diagnostics are published after a secret is typed, with a quick fix reading it from the environment", async () => {
+    const text = "import os\n\n";
+    const uri = open(text);
+    const secretLine = 'AWS_SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzQ1x9Lq3Ts"';
+    server.connection.sendNotification(protocol.DidChangeTextDocumentNotification.type, {
+      textDocument: { uri, version: 2 },
+      contentChanges: [
+        { range: { start: { line: 2, character: 0 }, end: { line: 2, character: 0 } }, text: `${secretLine}\n` },
+      ],
+    });
+    const deadline = Date.now() + DIAGNOSTICS_TIMEOUT_MS; // the diagnostics model loads on first use
+    while (!server.seen.diagnostics.get(uri)?.length && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const diagnostics = server.seen.diagnostics.get(uri) ?? [];
+    const secret = diagnostics.find((d) => d.range.start.line === 2 && d.code?.startsWith("secret/"));
+    assert.ok(secret, `${JSON.stringify(diagnostics)}\n${JSON.stringify((await status()).diagnostics)}`);
+    assert.equal(secret.source, "gptbigcode");
+    assert.equal(secret.severity, protocol.DiagnosticSeverity.Warning);
+    const flagged = secretLine.slice(secret.range.start.character, secret.range.end.character);
+    assert.ok(flagged.length > 0 && "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzQ1x9Lq3Ts".includes(flagged), flagged);
+
+    const actions = await server.connection.sendRequest(protocol.CodeActionRequest.type, {
+      textDocument: { uri },
+      range: secret.range,
+      context: { diagnostics: [secret], only: [protocol.CodeActionKind.QuickFix], triggerKind: 1 },
+    });
+    assert.equal(actions.length, 1, JSON.stringify(actions));
+    const [action] = actions;
+    assert.equal(action.kind, protocol.CodeActionKind.QuickFix);
+    assert.match(action.title, /environment variable AWS_SECRET_ACCESS_KEY$/);
+    const edits = action.edit.changes[uri];
+    assert.ok(edits.every((e) => e.range.start.line === 2 && e.range.end.line === 2), JSON.stringify(edits));
+    const fixed = applyLineEdits(secretLine, edits);
+    assert.ok(/os\.environ\[["']AWS_SECRET_ACCESS_KEY["']\]/.test(fixed), fixed);
+    assert.ok(!fixed.includes(flagged), fixed); // the secret itself is gone
+  });
 });

@@ -1,5 +1,5 @@
 --- :checkhealth gptbigcode — the Neovim version's features, the server executable, and
---- whether the running server's model is ready.
+--- whether the running server's model and diagnostics model are ready.
 
 local M = {}
 
@@ -48,6 +48,28 @@ local function check_executable(cmd)
   end
 end
 
+--- The "diagnostics" entry of the status report: state idle (not loaded yet: it loads when a
+--- document is first diagnosed), loading, ready or failed.
+local function check_diagnostics(status)
+  local diagnostics = status.diagnostics
+  local options = (status.options or {}).diagnostics or {}
+  if type(diagnostics) ~= "table" then
+    vim.health.warn("the server reports no diagnostics state (an older gptbigcode-lsp?)")
+  elseif options.enabled == false then
+    vim.health.info("diagnostics are off (diagnostics.enabled = false)")
+  elseif diagnostics.state == "ready" then
+    vim.health.ok(string.format("diagnostics model ready: %s (%d runs)", diagnostics.model, diagnostics.runs or 0))
+  elseif diagnostics.state == "failed" then
+    vim.health.error("diagnostics model failed to load: " .. tostring(diagnostics.error), {
+      "set diagnostics.model in setup{} to a diagnostics model folder, or to \"default\"",
+    })
+  elseif diagnostics.state == "loading" then
+    vim.health.info("diagnostics model loading: " .. tostring(diagnostics.model))
+  else
+    vim.health.info("diagnostics model not loaded yet: it loads when a document is first diagnosed")
+  end
+end
+
 local function check_model(gptbigcode)
   local running = vim.lsp.get_clients({ name = gptbigcode.name })
   if #running == 0 then
@@ -65,6 +87,9 @@ local function check_model(gptbigcode)
     })
   else
     vim.health.warn("model not ready yet: " .. gptbigcode.describe(status))
+  end
+  if status then
+    check_diagnostics(status)
   end
 end
 

@@ -22,14 +22,31 @@ M.default_options = {
   debounceMs = 50,
   timeBudgetMs = 2000,
   cacheBudgetMb = 1024,
+  -- Diagnostics from the classification heads; setup{ diagnostics = {...} } is merged here.
+  diagnostics = {
+    enabled = true,
+    model = "default",
+    secrets = true,
+    personalData = true,
+    bugs = true,
+    secretThreshold = vim.NIL, -- null: the thresholds calibrated with the model
+    personalDataThreshold = vim.NIL,
+    bugThreshold = vim.NIL,
+    debounceMs = 400,
+    maxChars = 1000000,
+  },
 }
+
+--- LSP language identifiers where a filetype's name is not one (the server picks the quick
+--- fix's syntax by the identifier).
+M.language_ids = { sh = "shellscript", bash = "shellscript", zsh = "shellscript" }
 
 M.defaults = {
   cmd = { "gptbigcode-lsp" },
   filetypes = {
     "python", "lua", "javascript", "javascriptreact", "typescript", "typescriptreact", "go",
     "rust", "c", "cpp", "cs", "java", "kotlin", "scala", "ruby", "php", "sh", "bash", "zsh",
-    "sql", "r", "julia", "swift", "html", "css",
+    "sql", "r", "julia", "swift", "html", "css", "yaml", "json", "toml",
   },
   root_markers = { ".git" },
   options = M.default_options,
@@ -47,9 +64,13 @@ M.defaults = {
 M.config = nil
 M.suggestions_enabled = true
 
---- initializationOptions for setup options `opts` (the defaults when nil).
+--- initializationOptions for setup options `opts` (the defaults when nil): `opts.options` over
+--- the defaults, and `opts.diagnostics` over their `diagnostics`.
 function M.init_options(opts)
-  return vim.tbl_deep_extend("force", vim.deepcopy(M.default_options), (opts or {}).options or {})
+  opts = opts or {}
+  local options = vim.tbl_deep_extend("force", vim.deepcopy(M.default_options), opts.options or {})
+  options.diagnostics = vim.tbl_deep_extend("force", options.diagnostics, opts.diagnostics or {})
+  return options
 end
 
 local function has_inline_completion()
@@ -108,6 +129,9 @@ local function lsp_config(config)
     root_markers = config.root_markers,
     init_options = config.options,
     settings = { gptbigcode = config.options },
+    get_language_id = function(_, filetype)
+      return M.language_ids[filetype] or filetype
+    end,
     on_attach = on_attach,
   }
 end
@@ -135,7 +159,7 @@ local function start_on_filetype(config)
 end
 
 --- Configures and enables the server. `opts` is merged over M.defaults; `opts.options` over
---- the server options.
+--- the server options, `opts.diagnostics` over the server's diagnostics options.
 function M.setup(opts)
   local config = vim.tbl_deep_extend("force", vim.deepcopy(M.defaults), opts or {})
   config.options = M.init_options(opts)

@@ -1,0 +1,35 @@
+"""dtype "auto": bf16 only where the machine computes it natively."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from model import hardware
+
+
+@pytest.fixture(autouse=True)
+def fresh_probe() -> Iterator[None]:
+    hardware.cpu_bf16_native.cache_clear()
+    yield
+    hardware.cpu_bf16_native.cache_clear()
+
+
+def test_a_cpu_without_bf16_instructions_runs_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    monkeypatch.setattr(hardware.platform, "system", lambda: "Linux")
+    assert hardware.cpu_bf16_native() is False
+    assert hardware.auto_dtype("cpu") == torch.float32
+
+
+def test_auto_dtype_follows_the_probe_on_this_cpu() -> None:
+    native = bool(hardware.cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    expected = torch.bfloat16 if native and hardware.cpu_bf16_native() else torch.float32
+    assert hardware.auto_dtype("cpu") == expected
+    assert hardware.auto_dtype(torch.device("cpu")) == expected
+
+
+def test_other_devices_without_a_rule_run_in_float32() -> None:
+    assert hardware.auto_dtype("meta") == torch.float32
