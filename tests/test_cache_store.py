@@ -255,3 +255,43 @@ def test_tokens_generated_without_a_commit_are_not_reused(lm: GPTBigCodeForCausa
     extended = prefill(lm, cache, DOC_A, [*ids, 9, 9], all_logits=True)
     assert extended.reused == 5
     torch.testing.assert_close(extended.logits, lm(torch.tensor([[*ids, 9, 9]])).logits[0, 5:])
+
+
+@pytest.mark.parametrize("lengths", [(5, 3), (37, 70), (100, 1), (9, 120)])
+def test_bf16_runs_are_padded_to_few_shapes_without_changing_the_result(
+    lengths: tuple[int, int],
+) -> None:
+    """On the CPU in bf16 a run of new tokens is padded to a bucket length (oneDNN keeps a
+    kernel per shape); the logits and the buffers then equal an unpadded run's."""
+    from cache.prefill import padding_for
+
+    config = GPTBigCodeConfig(vocab_size=97, n_positions=256, n_embd=32, n_layer=2, n_head=4,
+                              multi_query=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    model = GPTBigCodeForCausalLM(config).eval().to(torch.bfloat16)
+    first, second = lengths
+    ids = torch.randint(0, 97, (first + second,)).tolist()
+    assert padding_for(second, first, model) == (
+        0 if second == 1 else (1 << (second - 1).bit_length() if second <= 64
+                               else -(-second // 64) * 64) - second)
+    cache = PrefixCache()
+    prefill(model, cache, ("doc", "plain"), ids[:first])
+    padded = prefill(model, cache, ("doc", "plain"), ids, all_logits=True)
+    assert padded.kv.length == len(ids) and padded.logits.shape == (second, 97)
+    plain = KVCache(config, 1, 256, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        model(torch.tensor([ids[:first]]), past_key_values=plain, use_cache=True)
+        expected = model(torch.tensor([ids[first:]]), past_key_values=plain, use_cache=True)
+    torch.testing.assert_close(padded.logits, expected.logits[0], rtol=0.02, atol=0.02)
+    torch.testing.assert_close(padded.kv.buffer[..., : len(ids), :],
+                               plain.buffer[..., : len(ids), :], rtol=0.02, atol=0.02)
+
+
+def test_float32_and_single_tokens_are_never_padded() -> None:
+    from cache.prefill import padding_for
+
+    config = GPTBigCodeConfig(vocab_size=97, n_positions=64, n_embd=32, n_layer=1, n_head=4)
+    model = GPTBigCodeForCausalLM(config).eval()
+    assert padding_for(37, 0, model) == 0
+    assert padding_for(1, 0, model.to(torch.bfloat16)) == 0
+    assert padding_for(20, 40, model) == 4  # 32 would pass n_positions (64): 24 left

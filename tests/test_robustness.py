@@ -571,7 +571,9 @@ def test_cache_byte_budget_holds_with_100_open_documents(server: WireClient) -> 
 
 @pytest.mark.slow
 def test_typing_storm_keeps_order_queue_and_text(checkpoint: Path, tmp_path: Path) -> None:
-    client = start(["--model", str(checkpoint)], tmp_path, {"debounceMs": 0, "maxNewTokens": 8})
+    # Without diagnostics: their runs, due once the storm settles, would be in the queue.
+    options = {"debounceMs": 0, "maxNewTokens": 8, "diagnostics": {"enabled": False}}
+    client = start(["--model", str(checkpoint)], tmp_path, options)
     try:
         storm(client, pairs=2000, documents=20, interval=0.005, rng=random.Random(11))
     finally:

@@ -4,9 +4,12 @@ Shapes: bigcode/tiny_starcoder_py's (20 layers, 768 wide, 12 heads, MQA, 49,152 
 with random weights, and the packaged default model when it is installed. For each dtype it
 reports prefill tokens/s at 512 and 2,048 tokens and decode ms/token at 512 and 2,048 tokens
 of context, plus the memory bandwidth measured in the same run and the decode floor it implies
-(weight bytes / bandwidth). Run by hand:
+(weight bytes / bandwidth). The dtypes "int8" and "int8h" are ours with bf16 activations and
+int8 weights in the blocks (int8h: in lm_head too); transformers has no such path, so its
+columns read "-" there. Run by hand:
 
-    .venv/bin/python tests/bench/decode.py [--dtypes fp32,bf16] [--steps 16] [--threads N]
+    .venv/bin/python tests/bench/decode.py [--dtypes fp32,bf16,int8,int8h] [--steps 16]
+        [--threads N] [--skip-default]
 
 Prints a table and, last, one JSON line.
 """
@@ -14,6 +17,7 @@ Prints a table and, last, one JSON line.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -26,9 +30,12 @@ import transformers
 
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, KVCache
 from model.checkpoint import CheckpointError
+from model.quantize import Int8Linear, quantize_int8
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-TINY_STARCODER = dict(
+# Weight-only int8 (activations bf16): name -> whether lm_head is quantised too.
+INT8_DTYPES = {"int8": False, "int8h": True}
+TINY_STARCODER: dict[str, Any] = dict(
     vocab_size=49152, n_positions=8192, n_embd=768, n_layer=20, n_head=12, multi_query=True,
     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
 )
@@ -52,8 +59,14 @@ def measure_bandwidth(megabytes: int = 1024, repeats: int = 5) -> float:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    unique = {id(p): p for p in model.parameters()}.values()
-    return sum(p.numel() * p.element_size() for p in unique)
+    """Bytes of the weights, each shared tensor once; int8 layers count their int8 buffers."""
+    unique = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
+    total = sum(t.numel() * t.element_size() for t in unique)
+    if isinstance(model, GPTBigCodeForCausalLM) and isinstance(model.lm_head, Int8Linear):
+        # lm_head has its own int8 copy; wte is then only read a row per token.
+        wte = model.transformer.wte.weight
+        total -= wte.numel() * wte.element_size()
+    return total
 
 
 def hf_twin(ours: GPTBigCodeForCausalLM) -> torch.nn.Module:
@@ -62,7 +75,7 @@ def hf_twin(ours: GPTBigCodeForCausalLM) -> torch.nn.Module:
         if k not in ("extra", "torch_dtype", "architectures", "id2label", "label2id")
     })
     config._attn_implementation = "sdpa"
-    twin = transformers.GPTBigCodeForCausalLM(config).eval()
+    twin: torch.nn.Module = transformers.GPTBigCodeForCausalLM(config).eval()
     twin.load_state_dict(ours.state_dict())
     return twin.to(ours.dtype)
 
@@ -106,12 +119,20 @@ def hf_decode_ms(model: torch.nn.Module, ids: torch.Tensor, steps: int) -> float
     return median_ms(run, 3) / steps
 
 
+def model_in(ours: GPTBigCodeForCausalLM, dtype_name: str) -> GPTBigCodeForCausalLM:
+    """`ours` in a dtype of DTYPES, or a bf16 copy with int8 weights for INT8_DTYPES."""
+    if dtype_name in INT8_DTYPES:
+        quantised = quantize_int8(copy.deepcopy(ours.to(torch.bfloat16)), INT8_DTYPES[dtype_name])
+        assert isinstance(quantised, GPTBigCodeForCausalLM)
+        return quantised
+    return ours.to(DTYPES[dtype_name])
+
+
 def bench_shape(
     name: str, ours: GPTBigCodeForCausalLM, dtype_name: str, steps: int, bandwidth: float
 ) -> list[dict[str, Any]]:
-    dtype = DTYPES[dtype_name]
-    ours = ours.to(dtype)
-    hf = hf_twin(ours)
+    ours = model_in(ours, dtype_name)
+    hf = hf_twin(ours) if dtype_name in DTYPES else None
     floor_ms = weight_bytes(ours) / bandwidth * 1000
     rows = []
     generator = torch.Generator().manual_seed(0)
@@ -120,16 +141,39 @@ def bench_shape(
         ids = torch.randint(0, ours.config.vocab_size, (1, context), generator=generator)
         row: dict[str, Any] = {"shape": name, "dtype": dtype_name, "context": context}
         row["prefill_tok_s_ours"] = context / median_ms(ours_prefill(ours, ids), 2) * 1000
-        row["prefill_tok_s_hf"] = context / median_ms(hf_prefill(hf, ids), 2) * 1000
         row["decode_ms_ours"] = ours_decode_ms(ours, ids, steps)
-        row["decode_ms_hf"] = hf_decode_ms(hf, ids, steps)
         row["floor_ms"] = floor_ms
-        row["decode_speedup_vs_hf"] = row["decode_ms_hf"] / row["decode_ms_ours"]
         row["decode_vs_floor"] = row["decode_ms_ours"] / floor_ms
-        row["prefill_ratio_vs_hf"] = row["prefill_tok_s_ours"] / row["prefill_tok_s_hf"]
+        row.update(hf_columns(hf, ids, steps, row))
         rows.append(row)
         print_row(row)
     return rows
+
+
+def hf_columns(
+    hf: torch.nn.Module | None, ids: torch.Tensor, steps: int, row: dict[str, Any]
+) -> dict[str, float | None]:
+    """transformers' figures and our ratios to them; None where it has no comparable path."""
+    if hf is None:
+        keys = ("prefill_tok_s_hf", "decode_ms_hf", "decode_speedup_vs_hf", "prefill_ratio_vs_hf")
+        return dict.fromkeys(keys)
+    prefill = ids.shape[1] / median_ms(hf_prefill(hf, ids), 2) * 1000
+    decode = hf_decode_ms(hf, ids, steps)
+    return {
+        "prefill_tok_s_hf": prefill, "decode_ms_hf": decode,
+        "decode_speedup_vs_hf": decode / row["decode_ms_ours"],
+        "prefill_ratio_vs_hf": row["prefill_tok_s_ours"] / prefill,
+    }
+
+
+def add_int8_ratios(rows: list[dict[str, Any]]) -> None:
+    """Give each int8 row its speed-up over our bf16 row of the same shape and context."""
+    bf16 = {(r["shape"], r["context"]): r for r in rows if r["dtype"] == "bf16"}
+    for row in rows:
+        base = bf16.get((row["shape"], row["context"]))
+        if row["dtype"] in INT8_DTYPES and base is not None:
+            row["decode_speedup_vs_bf16"] = base["decode_ms_ours"] / row["decode_ms_ours"]
+            row["prefill_ratio_vs_bf16"] = row["prefill_tok_s_ours"] / base["prefill_tok_s_ours"]
 
 
 HEADER = (
@@ -139,22 +183,29 @@ HEADER = (
 
 
 def print_row(row: dict[str, Any]) -> None:
+    def hf(key: str, spec: str, unit: str) -> str:
+        return f"{row[key]:{spec}}{unit}" if row[key] is not None else "-"
+
     print(
         f"{row['shape']:<16}{row['dtype']:<6}{row['context']:>6}"
-        f"{row['prefill_tok_s_ours']:>10.0f} t/s{row['prefill_tok_s_hf']:>8.0f} t/s"
-        f"{row['decode_ms_ours']:>10.1f} ms{row['decode_ms_hf']:>8.1f} ms{row['floor_ms']:>6.1f}ms"
-        f"{row['decode_speedup_vs_hf']:>7.2f}{row['decode_vs_floor']:>9.2f}",
+        f"{row['prefill_tok_s_ours']:>10.0f} t/s{hf('prefill_tok_s_hf', '.0f', ' t/s'):>12}"
+        f"{row['decode_ms_ours']:>10.1f} ms{hf('decode_ms_hf', '.1f', ' ms'):>11}"
+        f"{row['floor_ms']:>6.1f}ms{hf('decode_speedup_vs_hf', '.2f', ''):>7}"
+        f"{row['decode_vs_floor']:>9.2f}",
         flush=True,
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--dtypes", default="fp32,bf16,int8", help="of fp32,bf16,int8,int8h")
     parser.add_argument("--steps", type=int, default=16, help="decode steps per measurement")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-default", action="store_true")
     args = parser.parse_args()
+    unknown = set(args.dtypes.split(",")) - {*DTYPES, *INT8_DTYPES}
+    if unknown:
+        parser.error(f"unknown dtypes {sorted(unknown)}; choose from fp32,bf16,int8,int8h")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -174,6 +225,7 @@ def main() -> None:
         for dtype_name in args.dtypes.split(","):
             for name, model in shapes:
                 rows.extend(bench_shape(name, model, dtype_name, args.steps, bandwidth))
+    add_int8_ratios(rows)
     print(json.dumps({
         "bench": "decode",
         "machine": platform.processor() or platform.machine(),

@@ -2,7 +2,10 @@
 a 2,048-token Python file, through the prefix cache vs. a full recompute, and one decode step,
 all in the same run, on bigcode/tiny_starcoder_py's shape with random weights.
 
-    .venv/bin/python tests/bench/keystroke.py [--dtype fp32|bf16] [--keystrokes N] [--threads N]
+    .venv/bin/python tests/bench/keystroke.py [--dtype fp32|bf16|int8|int8h] [--keystrokes N]
+        [--threads N]
+
+int8 is bf16 activations with int8 weights in the blocks; int8h quantises lm_head too.
 
 Prints a table per keystroke, a summary, and one JSON line last. Logs go to stderr.
 """
@@ -26,6 +29,7 @@ import torch
 
 from cache import ContextBudget, PrefixCache, PromptBuilder, layout_ids, prefill
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM
+from model.quantize import quantize_int8
 from model.tokenizer import Tokenizer
 
 log = logging.getLogger("keystroke")
@@ -35,6 +39,8 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 URI = "file:///bench/session.py"
 CONTEXT_TOKENS = 2048
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Weight-only int8 (activations bf16): name -> whether lm_head is quantised too.
+INT8_DTYPES = {"int8": False, "int8h": True}
 SPECIALS = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
 
 # What the user types at the cursor, one character per keystroke; PASTE arrives in one edit
@@ -193,7 +199,7 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=sorted({*DTYPES, *INT8_DTYPES}), default="fp32")
     parser.add_argument("--keystrokes", type=int, default=40, help="edits to time (>= 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
@@ -211,7 +217,9 @@ def main() -> None:
     text = python_file(tok, CONTEXT_TOKENS)
     cursor = text.index("\n\n", int(len(text) * 0.8)) + 1  # a blank line near the end
     lm = GPTBigCodeForCausalLM(tiny_starcoder_config(49152), attn_implementation="sdpa")
-    lm = lm.to(DTYPES[args.dtype]).eval()
+    lm = lm.to(DTYPES.get(args.dtype, torch.bfloat16)).eval()
+    if args.dtype in INT8_DTYPES:
+        quantize_int8(lm, include_lm_head=INT8_DTYPES[args.dtype])
     cache = PrefixCache()
     builder = PromptBuilder(tok, ContextBudget(tokens=CONTEXT_TOKENS + 256), stats=cache.stats)
     log.info("file: %d tokens, %d characters; cursor at %d", len(tok.encode(text)), len(text),
