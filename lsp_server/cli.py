@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", help='"auto", "cpu", "cuda", "cuda:N" or "mps"')
     parser.add_argument("--dtype", help='"auto", "float32", "float16" or "bfloat16"')
+    parser.add_argument("--quantize", help='"none" or "int8" (int8 weights)')
     parser.add_argument("--threads", type=int, help="CPU threads for the model (torch)")
     parser.add_argument("--log-file", help="write logs here instead of stderr")
     parser.add_argument(
@@ -104,8 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(max(args.threads, 1))
-    given = {k: v for k, v in {"model": args.model, "device": args.device,
-                               "dtype": args.dtype}.items() if v is not None}
+    given = {k: v for k, v in {"model": args.model, "device": args.device, "dtype": args.dtype,
+                               "quantize": args.quantize}.items() if v is not None}
     server.options, problems = merge(server.options, given)
     if problems:
         print("gptbigcode-lsp: " + "; ".join(problems), file=sys.stderr)

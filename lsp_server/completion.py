@@ -20,6 +20,7 @@ from model import GPTBigCodeForCausalLM, KVCache, Tokenizer
 from model.checkpoint import parse_dtype, resolve_checkpoint
 from model.generation import decode_one_token, sample
 from model.hardware import auto_dtype
+from model.quantize import quantize_int8
 
 from .options import Options
 from .postprocess import postprocess, wants_single_line
@@ -95,6 +96,7 @@ class ModelChoice:
     name: str
     device: str
     dtype: torch.dtype
+    quantize: str = "none"  # "int8": int8 weights (blocks and lm_head), activations in dtype
 
     @classmethod
     def from_options(cls, options: Options) -> ModelChoice:
@@ -106,7 +108,7 @@ class ModelChoice:
             assert dtype is not None
         else:
             dtype = auto_dtype(device)
-        return cls(options.model, device, dtype)
+        return cls(options.model, device, dtype, options.quantize)
 
 
 def load_engine(
@@ -117,6 +119,9 @@ def load_engine(
     folder = resolve_checkpoint(choice.name)
     tokenizer = Tokenizer.from_pretrained(folder)
     model = GPTBigCodeForCausalLM.from_pretrained(folder, dtype=choice.dtype, device=choice.device)
+    if choice.quantize == "int8":
+        report("quantising the weights to int8")
+        quantize_int8(model, include_lm_head=True)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "

@@ -165,8 +165,8 @@ class GPTBigCodeServer(LanguageServer):
         self.options, messages = merge(old, raw)
         if messages:
             self.warn(messages)
-        changed = (old.model, old.device, old.dtype) != (
-            self.options.model, self.options.device, self.options.dtype
+        changed = (old.model, old.device, old.dtype, old.quantize) != (
+            self.options.model, self.options.device, self.options.dtype, self.options.quantize
         )
         if changed and self.model.state != "idle":
             self.spawn(self.load_model())
@@ -512,6 +512,7 @@ class GPTBigCodeServer(LanguageServer):
             "model": model.choice.name if model.choice else self.options.model,
             "device": str(engine.device) if engine else (model.choice and model.choice.device),
             "dtype": _dtype_name(engine) if engine else None,
+            "quantize": model.choice.quantize if model.choice else self.options.quantize,
             "state": model.state,
             "ready": model.state == "ready",
             "error": model.error,

@@ -257,3 +257,14 @@ def test_missing_checkpoint_is_named_in_the_error(tmp_path: Path) -> None:
     options = Options(model=str(tmp_path / "absent"))
     with pytest.raises(Exception, match="absent"):
         load_engine(ModelChoice.from_options(options), options)
+
+
+def test_int8_option_quantises_the_model_and_still_completes(folder: Path) -> None:
+    from model.quantize import Int8Linear
+
+    options = Options(model=str(folder), max_new_tokens=8, dtype="bfloat16", quantize="int8")
+    engine = load_engine(ModelChoice.from_options(options), options)
+    layers = [m for m in engine.model.modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 4 * engine.model.config.n_layer + 1  # every block Linear + lm_head
+    done = engine.complete(CompletionRequest("file:///q.py", TEXT, LINE_END))
+    assert done.model_steps > 0 and done.new_tokens > 0

@@ -11,6 +11,7 @@ export const SERVER_OPTION_KEYS = [
   "model",
   "device",
   "dtype",
+  "quantize",
   "maxNewTokens",
   "temperature",
   "topP",

@@ -13,6 +13,7 @@ M.default_options = {
   model = "default",
   device = "auto",
   dtype = "auto",
+  quantize = "none",
   maxNewTokens = 64,
   temperature = 0.0,
   topP = 1.0,
