@@ -2,14 +2,17 @@
 
 Training turns character spans into one tag per token; inference turns per-token label
 probabilities back into spans. With a causal backbone a token's tag is decided from the text
-up to it, so a span's first tokens are the least certain: decoding keeps a run of tagged tokens,
-scores it by its mean probability, then extends its start back over characters that can belong
-to the value (a key that the model recognised half-way is flagged whole).
+up to it, so a span's first tokens are the least certain: decoding takes each run of tagged
+tokens, extends it over the characters that can belong to the value (a key the model recognised
+half-way is flagged whole), joins fragments of one value, and scores the value by the mean
+probability of all its tokens.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -99,8 +102,33 @@ def decode_entities(
             f"x {len(labels)} labels"
         )
     grouped, kinds = type_probabilities(probs.float(), labels)
-    best = grouped.argmax(dim=1).tolist()
+    candidates = join_fragments(text, candidate_spans(text, offsets, grouped, kinds))
+    starts = [a for a, _ in offsets]
     entities: list[Entity] = []
+    for start, end, label in candidates:
+        if label == "IP_ADDRESS" and not public_address(text[start:end]):
+            continue
+        first = max(0, bisect_right(starts, start) - 1)
+        last = bisect_left(starts, end)
+        covered = [i for i in range(first, last) if offsets[i][1] > start]
+        score = float(grouped[covered, kinds.index(label) + 1].mean()) if covered else 0.0
+        limit = (thresholds if isinstance(thresholds, int | float)
+                 else thresholds.get(label, 0.5))
+        if score < limit:
+            continue
+        if entities and entities[-1].end > start:  # two types claim the same characters
+            if entities[-1].score >= score:
+                continue
+            entities.pop()
+        entities.append(Entity(start, end, label, score))
+    return entities
+
+
+def candidate_spans(text: str, offsets: Offsets, grouped: torch.Tensor, kinds: list[str]
+                    ) -> list[tuple[int, int, str]]:
+    """Value spans of the runs of tokens whose most likely type is an entity type."""
+    best = grouped.argmax(dim=1).tolist()
+    spans: list[tuple[int, int, str]] = []
     t = 0
     while t < len(best):
         if best[t] == 0:
@@ -110,36 +138,24 @@ def decode_entities(
         while t < len(best) and best[t] == kind:
             t += 1
         label = kinds[kind - 1]
-        limit = (thresholds if isinstance(thresholds, int | float)
-                 else thresholds.get(label, 0.5))
         for start, end in pieces(text, offsets[run_start][0], offsets[t - 1][1], label):
-            floor = entities[-1].end if entities else 0
-            span = value_span(text, start, end, label, floor)
-            if span is None:
-                continue
-            inside = [i for i in range(run_start, t)
-                      if offsets[i][1] > span[0] and offsets[i][0] < span[1]]
-            score = float(grouped[inside, kind].mean()) if inside else 0.0
-            if score >= limit:
-                entities.append(Entity(span[0], span[1], label, score))
-    return join_fragments(text, entities)
+            span = value_span(text, start, end, label, spans[-1][1] if spans else 0)
+            if span is not None:
+                spans.append((*span, label))
+    return spans
 
 
-def join_fragments(text: str, entities: list[Entity]) -> list[Entity]:
-    """One entity for neighbours of a type that nothing separating values of that type lies
-    between (a password the tagger split at an `=` it holds, a key split mid-way)."""
-    joined: list[Entity] = []
-    for e in entities:
-        last = joined[-1] if joined else None
-        if last is not None and last.label == e.label:
-            stops = _STOPS | _TYPE_STOPS.get(e.label, frozenset())
-            gap = text[last.end : e.start]
-            if not any(c in stops for c in gap):
-                a, b = last.end - last.start, e.end - e.start
-                score = (a * last.score + b * e.score) / (a + b)
-                joined[-1] = Entity(last.start, e.end, e.label, score)
+def join_fragments(text: str, spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """One span for neighbours of a type with nothing between them that separates values of
+    that type (a password the tagger split at an `=` it holds, a key split mid-way)."""
+    joined: list[tuple[int, int, str]] = []
+    for start, end, label in spans:
+        if joined and joined[-1][2] == label:
+            stops = _STOPS | _TYPE_STOPS.get(label, frozenset())
+            if not any(c in stops for c in text[joined[-1][1] : start]):
+                joined[-1] = (joined[-1][0], max(end, joined[-1][1]), label)
                 continue
-        joined.append(e)
+        joined.append((start, end, label))
     return joined
 
 
@@ -162,8 +178,8 @@ def value_span(
     text: str, start: int, end: int, label: str, floor: int = 0
 ) -> tuple[int, int] | None:
     """Tidy a piece's characters into the value: trim separators and quotes the tokens carried
-    at its edges (and a trailing ` =` of an assignment), extend the start back over value
-    characters down to `floor`, require a minimum length."""
+    at its edges (and a trailing ` =` of an assignment), extend it over value characters on
+    both sides (back no further than `floor`), require a minimum length."""
     stops = _STOPS | _TYPE_STOPS.get(label, frozenset())
     start = max(start, floor)
     while start < end and (text[start] in stops or text[start] in _LEADING_TRIM):
@@ -178,8 +194,25 @@ def value_span(
     back_stops = stops | (_LEADING_TRIM - {"@"} if label == "EMAIL" else _LEADING_TRIM)
     while start > floor and text[start - 1] not in back_stops:
         start -= 1
+    while end < len(text) and text[end] not in stops:
+        end += 1
     if end - start < _MIN_CHARS.get(label, 1):
         return None
     if label == "EMAIL" and "@" not in text[start:end]:
         return None
     return start, end
+
+
+def public_address(value: str) -> bool:
+    """Whether a flagged value is a globally routable IP address (with an optional port):
+    private, loopback, link-local, reserved and documentation ranges are no personal data, and
+    a fragment such as a port number is not an address at all."""
+    host = value
+    if host.startswith("[") and "]" in host:  # [2001:db8::1]:443
+        host = host[1 : host.index("]")]
+    elif host.count(":") == 1:  # 203.0.113.7:8080
+        host = host.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(host).is_global
+    except ValueError:
+        return False

@@ -83,14 +83,7 @@ class Client(LanguageClient):
 
     def type(self, uri: str, at: types.Position, text: str) -> None:
         """Insert `text` at `at` (an incremental change with an empty range)."""
-        self.versions[uri] += 1
-        self.text_document_did_change(types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=uri,
-                                                                version=self.versions[uri]),
-            content_changes=[types.TextDocumentContentChangePartial(
-                range=types.Range(at, at), text=text
-            )],
-        ))
+        self.replace(uri, at, at, text)
 
     # -- requests
 

@@ -51,10 +51,9 @@ def test_settings_carry_calibrated_thresholds(model: DiagnosticsModel) -> None:
     ('import boto3\n\nACCESS_KEY = "AKIAQ3EGRT7ZPWXLMN4K"\n', "AKIAQ3EGRT7ZPWXLMN4K", "KEY"),
     ('headers = {"Authorization": "token ghp_4fK9sLq2ZxW8eR1tY6uI0oP3aS5dF7gH9jK2"}\n',
      "ghp_4fK9sLq2ZxW8eR1tY6uI0oP3aS5dF7gH9jK2", "KEY"),
-    ('def connect():\n    password = "Tr0ub4dor&3xyz"\n    return login("admin", password)\n',
-     "Tr0ub4dor&3xyz", "PASSWORD"),
+    ('DB_HOST = "db.internal"\ndb_password = "Tr0ub4dor&3xyz"\n', "Tr0ub4dor&3xyz", "PASSWORD"),
     ('__author__ = "Maria Keller <maria.keller@gmail.com>"\n', "maria.keller@gmail.com", "EMAIL"),
-    ('SERVER = "52.14.203.77"\n', "52.14.203.77", "IP_ADDRESS"),
+    ('allowed = ["52.14.203.77", "18.202.4.31"]\n', "52.14.203.77", "IP_ADDRESS"),
 ])
 def test_unmistakable_values_are_found_exactly(model: DiagnosticsModel, tok: Tokenizer,
                                                text: str, value: str, label: str) -> None:

@@ -147,15 +147,19 @@ def test_start_extends_back_over_value_characters_the_model_missed() -> None:
 def test_email_extends_back_across_at_sign_and_key_does_not() -> None:
     tokens = ["mail", ":", ' "', "jane", ".doe", "@", "example", ".com", '"']
     tags = ["O"] * 6 + ["B-EMAIL", "I-EMAIL", "O"]
-    assert decode(tokens, tags) == [("jane.doe@example.com", "EMAIL")]
+    # The value's score is the mean over all its tokens: 2 of 5 tagged (0.9) here.
+    assert decode(tokens, tags, 0.35) == [("jane.doe@example.com", "EMAIL")]
+    assert decode(tokens, tags, 0.37) == []
     key_tags = ["O"] * 6 + ["B-KEY", "I-KEY", "O"]
     assert decode(tokens, key_tags, 0.5) == [("example.com", "KEY")]
 
 
 def test_password_in_url_stops_at_colon_and_at_sign() -> None:
     tokens = ["postgres", "://", "user", ":", "pw", "123", "@", "host"]
-    tags = ["O", "O", "B-USERNAME", "O", "O", "B-PASSWORD", "I-PASSWORD", "O"]
+    tags = ["O", "O", "B-USERNAME", "O", "B-PASSWORD", "I-PASSWORD", "O", "O"]
     assert decode(tokens, tags) == [("user", "USERNAME"), ("pw123", "PASSWORD")]
+    tags[4] = "O"  # the tagger missed "pw": the value still reaches back to the colon
+    assert decode(tokens, tags, 0.44) == [("user", "USERNAME"), ("pw123", "PASSWORD")]
 
 
 @pytest.mark.parametrize(
@@ -184,7 +188,7 @@ def test_entities_come_sorted_and_disjoint() -> None:
     tokens = [' "', "jane", ".doe", "@", "exa", "mple", ".com", '"']
     text, offsets = pieces(tokens)
     tags = ["O", "O", "O", "O", "B-USERNAME", "B-EMAIL", "I-EMAIL", "O"]
-    found = decode_entities(text, offsets, tagged(tags), LABELS)
+    found = decode_entities(text, offsets, tagged(tags), LABELS, 0.2)
     assert found, "at least the email is found"
     assert [e.start for e in found] == sorted(e.start for e in found)
     for before, after in zip(found, found[1:], strict=False):
@@ -558,3 +562,14 @@ def test_find_entities_returns_ordered_trimmed_spans_within_text(
         value = text[entity.start : entity.end]
         assert value == value.strip(" \t\n\"'")
     assert len(find_entities(model, packaged_tokenizer, text)) <= len(found)
+
+
+@pytest.mark.parametrize(("value", "kept"), [
+    ("52.14.203.77", True), ("52.14.203.77:8080", True), ("2a00:1450:4001::200e", True),
+    ("10.0.0.5", False), ("192.168.1.20", False), ("127.0.0.1", False), ("203.0.113.7", False),
+    ("5432", False), ("1.2.3", False),
+])
+def test_only_globally_routable_addresses_are_kept(value: str, kept: bool) -> None:
+    tokens = ['HOST = "', value, '"']
+    found = decode(tokens, ["O", "B-IP_ADDRESS", "O"])
+    assert found == ([(value, "IP_ADDRESS")] if kept else [])

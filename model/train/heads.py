@@ -41,7 +41,7 @@ from .secrets_data import Sample, generate
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-THRESHOLD_GRID = [x / 100 for x in range(30, 96, 5)]
+THRESHOLD_GRID = [x / 100 for x in range(10, 96, 5)]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -62,10 +62,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=20.0)
     p.add_argument("--steps", type=int, default=None, help="fixed step count instead of --minutes")
     p.add_argument("--freeze-backbone", action="store_true")
-    p.add_argument("--min-precision", type=float, default=0.92,
-                   help="thresholds: the lowest with this validation precision (else best F1)")
+    p.add_argument("--beta", type=float, default=0.5,
+                   help="thresholds: the best F-beta on validation (below 1 favours precision)")
     p.add_argument("--bug-false-alarms", type=float, default=0.1,
                    help="bug threshold: the share of validation originals allowed above it")
+    p.add_argument("--calibrate", type=Path, default=None,
+                   help="only pick the thresholds of this trained folder again (in place)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
     return p.parse_args(argv)
@@ -180,8 +182,8 @@ def schedule(optimizer: torch.optim.Optimizer, step: int, progress: float, warmu
 
 
 def pick_thresholds(model: DiagnosticsModel, tok: Tokenizer, samples: Sequence[Sample],
-                    min_precision: float) -> dict[str, float]:
-    """Per type, the lowest threshold reaching min_precision on validation (best F1 if none)."""
+                    beta: float) -> dict[str, float]:
+    """Per type, the threshold with the best F-beta on validation (the lowest of equals)."""
     model.eval()
     decoded = []
     for s in samples:
@@ -189,20 +191,25 @@ def pick_thresholds(model: DiagnosticsModel, tok: Tokenizer, samples: Sequence[S
         decoded.append((s, offsets, tag_probabilities(model, ids)))
     chosen = {}
     for kind in ENTITY_TYPES:
-        best: tuple[float, float] | None = None
-        fallback = (-1.0, 0.5)
+        best = (-1.0, 0.5)
         for limit in THRESHOLD_GRID:
             counts: Counter[str] = Counter()
             for s, o, p in decoded:
                 found = only(decode_entities(s.text, o, p, model.labels, limit), kind)
                 counts += span_counts(found, [x for x in s.spans if x.label == kind], False)
             row = per_label(counts, [kind])[kind]
-            if row["precision"] >= min_precision and best is None:
-                best = (row["f1"], limit)
-            fallback = max(fallback, (row["f1"], limit))
-        chosen[kind] = (best or fallback)[1]
+            score = f_beta(row["precision"], row["recall"], beta)
+            if score > best[0]:
+                best = (score, limit)
+        chosen[kind] = best[1]
         log.info("threshold %s: %.2f", kind, chosen[kind])
     return chosen
+
+
+def f_beta(precision: float, recall: float, beta: float) -> float:
+    weight = beta * beta
+    denominator = weight * precision + recall
+    return (1 + weight) * precision * recall / denominator if denominator else 0.0
 
 
 def only(entities: list[Entity], kind: str) -> list[Entity]:
@@ -223,7 +230,43 @@ def bug_threshold(model: DiagnosticsModel, rows: Sequence[tuple[list[int], int]]
 # -- the run --------------------------------------------------------------------------------
 
 
+def validation_data(args: argparse.Namespace, files: Sequence[SourceFile], tok: Tokenizer
+                    ) -> tuple[list[Sample], list[tuple[list[int], int]]]:
+    """Tagging documents and function rows (no end token) from the validation files."""
+    samples = generate(args.seed + 100, args.val_samples, files, split="train")
+    rows = function_rows(files, tok, args.seed + 100, args.max_function_tokens, None)
+    return samples, rows
+
+
+def calibrate(model: DiagnosticsModel, tok: Tokenizer, samples: Sequence[Sample],
+              rows: Sequence[tuple[list[int], int]], args: argparse.Namespace) -> float:
+    """Pick and store the thresholds; returns the validation bug ROC AUC."""
+    model.eval()
+    thresholds = pick_thresholds(model, tok, samples, args.beta)
+    thresholds["BUG"], auc = bug_threshold(model, rows, args.bug_false_alarms)
+    model.settings.thresholds = {k: round(v, 4) for k, v in thresholds.items()}
+    return auc
+
+
+def recalibrate(args: argparse.Namespace) -> dict[str, object]:
+    """Thresholds picked again for a trained folder (after a change to span decoding)."""
+    torch.set_num_threads(args.threads)
+    folder = args.calibrate
+    model = DiagnosticsModel.from_pretrained(folder)
+    tok = Tokenizer.from_pretrained(folder)
+    corpus = load_corpus(args.data)
+    samples, rows = validation_data(args, [f for f in corpus.train if is_validation(f.path)], tok)
+    calibrate(model, tok, samples, rows, args)
+    model.settings.training["calibrated_by"] = (
+        "python -m model.train.heads " + " ".join(sys.argv[1:]))
+    model.save_pretrained(folder, dtype=torch.bfloat16)
+    log.info("thresholds of %s: %s", folder, model.settings.thresholds)
+    return dict(model.settings.thresholds)
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
+    if args.calibrate is not None:
+        return recalibrate(args)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     torch.set_num_threads(args.threads)
@@ -238,11 +281,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     started = time.monotonic()
     tag_rows = tagged(generate(args.seed, args.tag_samples, train_files, split="train"),
                       tok, labels, args.max_doc_tokens)
-    val_samples = generate(args.seed + 100, args.val_samples, val_files, split="train")
     model.settings.bug_end_token = tok.eos_token_id
     fn_rows = function_rows(train_files, tok, args.seed, args.max_function_tokens,
                             model.settings.bug_end_token)
-    val_fn_rows = function_rows(val_files, tok, args.seed + 100, args.max_function_tokens, None)
+    val_samples, val_fn_rows = validation_data(args, val_files, tok)
     log.info("data: %d tagged documents, %d function rows (%d validation) in %.0f s",
              len(tag_rows), len(fn_rows), len(val_fn_rows), time.monotonic() - started)
     tag_batches = batches([(r.ids, r.tags) for r in tag_rows], args.batch_tokens, rng)
@@ -276,10 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             log.info("step %d %.1f min: tag loss %.4f, bug loss %.4f, %d tokens", step,
                      (time.monotonic() - started) / 60, smoothed[0], smoothed[1], tokens)
     train_seconds = time.monotonic() - started
-    model.eval()
-    thresholds = pick_thresholds(model, tok, val_samples, args.min_precision)
-    thresholds["BUG"], val_auc = bug_threshold(model, val_fn_rows, args.bug_false_alarms)
-    model.settings.thresholds = {k: round(v, 4) for k, v in thresholds.items()}
+    val_auc = calibrate(model, tok, val_samples, val_fn_rows, args)
     summary = {
         "steps": step, "tokens": tokens, "train_minutes": round(train_seconds / 60, 2),
         "tag_loss": round(smoothed[0], 4), "bug_loss": round(smoothed[1], 4),
