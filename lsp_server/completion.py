@@ -18,6 +18,7 @@ import torch
 from cache import ContextBudget, Layout, PrefixCache, PromptBuilder, prefill
 from model import GPTBigCodeForCausalLM, KVCache, Tokenizer
 from model.checkpoint import parse_dtype, resolve_checkpoint
+from model.fastpath import compile_decode
 from model.generation import decode_one_token, sample
 from model.hardware import auto_dtype
 from model.quantize import quantize_int8
@@ -97,6 +98,7 @@ class ModelChoice:
     device: str
     dtype: torch.dtype
     quantize: str = "none"  # "int8": int8 weights (blocks and lm_head), activations in dtype
+    compile_decode: bool = False  # one-row products through torch.compile (CPU, half precision)
 
     @classmethod
     def from_options(cls, options: Options) -> ModelChoice:
@@ -108,7 +110,7 @@ class ModelChoice:
             assert dtype is not None
         else:
             dtype = auto_dtype(device)
-        return cls(options.model, device, dtype, options.quantize)
+        return cls(options.model, device, dtype, options.quantize, options.compile_decode)
 
 
 def load_engine(
@@ -122,6 +124,8 @@ def load_engine(
     if choice.quantize == "int8":
         report("quantising the weights to int8")
         quantize_int8(model, include_lm_head=True)
+    elif choice.compile_decode:
+        compile_decode(model)  # compiled during the warm-up below
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
@@ -198,10 +202,12 @@ class CompletionEngine:
         self.builder.forget(uri)
 
     def warm_up(self) -> None:
-        """One forward pass, so that the first request does not pay for lazy initialisation."""
+        """A prompt-shaped and a decode-shaped pass, so that the first request does not pay
+        for lazy initialisation (or compiling, with compileDecode)."""
         with torch.inference_mode():
-            ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
-            self.model(ids, use_cache=False, logits_to_keep=1)
+            for length in (2, 1):
+                ids = torch.zeros((1, length), dtype=torch.long, device=self.device)
+                self.model(ids, use_cache=False, logits_to_keep=1)
 
     def complete(
         self,

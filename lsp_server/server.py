@@ -165,9 +165,10 @@ class GPTBigCodeServer(LanguageServer):
         self.options, messages = merge(old, raw)
         if messages:
             self.warn(messages)
-        changed = (old.model, old.device, old.dtype, old.quantize) != (
-            self.options.model, self.options.device, self.options.dtype, self.options.quantize
-        )
+        def loading(o: Options) -> tuple[Any, ...]:
+            return (o.model, o.device, o.dtype, o.quantize, o.compile_decode)
+
+        changed = loading(old) != loading(self.options)
         if changed and self.model.state != "idle":
             self.spawn(self.load_model())
         if self.diagnostics.state == "failed":  # a new configuration may fix it: try again

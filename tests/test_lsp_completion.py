@@ -268,3 +268,15 @@ def test_int8_option_quantises_the_model_and_still_completes(folder: Path) -> No
     assert len(layers) == 4 * engine.model.config.n_layer + 1  # every block Linear + lm_head
     done = engine.complete(CompletionRequest("file:///q.py", TEXT, LINE_END))
     assert done.model_steps > 0 and done.new_tokens > 0
+
+
+def test_compile_decode_option_compiles_the_decode_products(folder: Path) -> None:
+    from model.fastpath import DecodeLinear
+
+    options = Options(model=str(folder), max_new_tokens=8, dtype="bfloat16",
+                      compile_decode=True)
+    engine = load_engine(ModelChoice.from_options(options), options)
+    layers = [m for m in engine.model.modules() if isinstance(m, DecodeLinear)]
+    assert len(layers) == 4 * engine.model.config.n_layer + 1
+    done = engine.complete(CompletionRequest("file:///c.py", TEXT, LINE_END))
+    assert done.model_steps > 0 and done.new_tokens > 0

@@ -4,7 +4,8 @@ Shapes: bigcode/tiny_starcoder_py's (20 layers, 768 wide, 12 heads, MQA, 49,152 
 with random weights, and the packaged default model when it is installed. For each dtype it
 reports prefill tokens/s at 512 and 2,048 tokens and decode ms/token at 512 and 2,048 tokens
 of context, plus the memory bandwidth measured in the same run and the decode floor it implies
-(weight bytes / bandwidth). The dtypes "int8" and "int8h" are ours with bf16 activations and
+(weight bytes / bandwidth). "bf16c" is ours in bf16 with the decode step's one-row products
+compiled (model.fastpath). The dtypes "int8" and "int8h" are ours with bf16 activations and
 int8 weights in the blocks (int8h: in lm_head too); transformers has no such path, so its
 columns read "-" there. Run by hand:
 
@@ -30,11 +31,13 @@ import transformers
 
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, KVCache
 from model.checkpoint import CheckpointError
+from model.fastpath import compile_decode
 from model.quantize import Int8Linear, quantize_int8
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Weight-only int8 (activations bf16): name -> whether lm_head is quantised too.
 INT8_DTYPES = {"int8": False, "int8h": True}
+COMPILED = "bf16c"  # bf16 with compile_decode: the one-row products compiled
 TINY_STARCODER: dict[str, Any] = dict(
     vocab_size=49152, n_positions=8192, n_embd=768, n_layer=20, n_head=12, multi_query=True,
     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -121,6 +124,10 @@ def hf_decode_ms(model: torch.nn.Module, ids: torch.Tensor, steps: int) -> float
 
 def model_in(ours: GPTBigCodeForCausalLM, dtype_name: str) -> GPTBigCodeForCausalLM:
     """`ours` in a dtype of DTYPES, or a bf16 copy with int8 weights for INT8_DTYPES."""
+    if dtype_name == COMPILED:
+        fast = compile_decode(copy.deepcopy(ours.to(torch.bfloat16)))
+        assert isinstance(fast, GPTBigCodeForCausalLM)
+        return fast
     if dtype_name in INT8_DTYPES:
         quantised = quantize_int8(copy.deepcopy(ours.to(torch.bfloat16)), INT8_DTYPES[dtype_name])
         assert isinstance(quantised, GPTBigCodeForCausalLM)
@@ -132,7 +139,7 @@ def bench_shape(
     name: str, ours: GPTBigCodeForCausalLM, dtype_name: str, steps: int, bandwidth: float
 ) -> list[dict[str, Any]]:
     ours = model_in(ours, dtype_name)
-    hf = hf_twin(ours) if dtype_name in DTYPES else None
+    hf = hf_twin(ours) if dtype_name in DTYPES or dtype_name == COMPILED else None
     floor_ms = weight_bytes(ours) / bandwidth * 1000
     rows = []
     generator = torch.Generator().manual_seed(0)
@@ -198,14 +205,15 @@ def print_row(row: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dtypes", default="fp32,bf16,int8", help="of fp32,bf16,int8,int8h")
+    parser.add_argument("--dtypes", default="fp32,bf16,bf16c,int8h",
+                        help="of fp32,bf16,bf16c,int8,int8h")
     parser.add_argument("--steps", type=int, default=16, help="decode steps per measurement")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-default", action="store_true")
     args = parser.parse_args()
-    unknown = set(args.dtypes.split(",")) - {*DTYPES, *INT8_DTYPES}
+    unknown = set(args.dtypes.split(",")) - {*DTYPES, *INT8_DTYPES, COMPILED}
     if unknown:
-        parser.error(f"unknown dtypes {sorted(unknown)}; choose from fp32,bf16,int8,int8h")
+        parser.error(f"unknown dtypes {sorted(unknown)}; choose from fp32,bf16,bf16c,int8,int8h")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

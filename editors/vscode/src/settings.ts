@@ -12,6 +12,7 @@ export const SERVER_OPTION_KEYS = [
   "device",
   "dtype",
   "quantize",
+  "compileDecode",
   "maxNewTokens",
   "temperature",
   "topP",

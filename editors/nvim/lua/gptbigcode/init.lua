@@ -14,6 +14,7 @@ M.default_options = {
   device = "auto",
   dtype = "auto",
   quantize = "none",
+  compileDecode = false,
   maxNewTokens = 64,
   temperature = 0.0,
   topP = 1.0,
