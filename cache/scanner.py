@@ -10,7 +10,7 @@ after an edit that shifts tokens start from scratch (their ids moved); with a mo
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,12 +50,19 @@ class DocumentScanner:
         self.max_documents = max_documents
         self.entries: OrderedDict[str, list[WindowState]] = OrderedDict()
 
-    def scan(self, uri: str, ids: Sequence[int]) -> Scan:
-        """Probabilities for `ids`, the document's current tokens, reusing what still holds."""
+    def scan(self, uri: str, ids: Sequence[int],
+             cancelled: Callable[[], bool] = lambda: False) -> Scan | None:
+        """Probabilities for `ids`, the document's current tokens, reusing what still holds.
+        `cancelled` is polled between windows: then the windows done so far are kept (a long
+        document's first scan goes on from there next time) and None is returned."""
         # Popped first: if the model fails half-way, half-written buffers are not kept.
         old = self.entries.pop(uri, [])
-        states, reused, computed = [], 0, 0
+        states: list[WindowState] = []
+        reused = computed = 0
         for k, window in enumerate(windows(len(ids), self.model.config.n_positions)):
+            if k and cancelled():
+                self.keep(uri, states)
+                return None
             previous = old[k] if k < len(old) and old[k].window.start == window.start else None
             state, kept = self.bring_up_to_date(window, list(ids[window.start:window.end]),
                                                 previous)
@@ -63,12 +70,15 @@ class DocumentScanner:
             reused += min(max(0, kept - (window.owned_from - window.start)),
                           window.end - window.owned_from)
             computed += len(state.ids) - kept
-        self.entries[uri] = states
-        while len(self.entries) > self.max_documents:
-            self.entries.popitem(last=False)
+        self.keep(uri, states)
         probs = [s.probs[s.window.owned_from - s.window.start :] for s in states]
         joined = torch.cat(probs) if probs else torch.zeros(0, len(self.model.labels))
         return Scan(joined, reused, computed)
+
+    def keep(self, uri: str, states: list[WindowState]) -> None:
+        self.entries[uri] = states
+        while len(self.entries) > self.max_documents:
+            self.entries.popitem(last=False)
 
     def bring_up_to_date(self, window: Window, ids: list[int], previous: WindowState | None
                          ) -> tuple[WindowState, int]:

@@ -99,7 +99,9 @@ class Diagnoser:
         found: list[Finding] = []
         if options.secrets or options.personal_data:
             ids, offsets = self.tok.encode_with_offsets(text, as_text=True)
-            scan = self.scanner.scan(uri, ids)
+            scan = self.scanner.scan(uri, ids, cancelled)
+            if scan is None:
+                return None
             self.tokens_computed += scan.computed
             wanted = (SECRET_TYPES if options.secrets else frozenset()) | (
                 PERSONAL_TYPES if options.personal_data else frozenset())

@@ -573,3 +573,25 @@ def test_only_globally_routable_addresses_are_kept(value: str, kept: bool) -> No
     tokens = ['HOST = "', value, '"']
     found = decode(tokens, ["O", "B-IP_ADDRESS", "O"])
     assert found == ([(value, "IP_ADDRESS")] if kept else [])
+
+
+def test_a_cancelled_scan_keeps_its_finished_windows_for_the_next(heads: DiagnosticsModel
+                                                                   ) -> None:
+    rng = random.Random(11)
+    ids = random_ids(rng, 300)
+    plan = windows(300, POSITIONS)
+    assert len(plan) >= 3
+    polls: list[int] = []
+
+    def after_two() -> bool:
+        polls.append(1)
+        return len(polls) >= 2  # polled before the second and third windows
+
+    scanner = DocumentScanner(heads)
+    assert scanner.scan("doc", ids, after_two) is None
+    assert len(scanner.entries["doc"]) == 2
+    done = plan[0].end - plan[0].start + plan[1].end - plan[1].start
+    again = scanner.scan("doc", ids)
+    assert again is not None
+    assert again.computed == sum(w.end - w.start for w in plan) - done
+    torch.testing.assert_close(again.probs, tag_probabilities(heads, ids), rtol=1e-5, atol=1e-5)
