@@ -120,7 +120,9 @@ async def session(args: argparse.Namespace, folder: str) -> dict[str, Any]:
     await client.start_io(sys.executable, *command, cwd=str(ROOT))
     await client.initialize_async(types.InitializeParams(
         capabilities=types.ClientCapabilities(),
-        initialization_options={"debounceMs": 0, "maxNewTokens": args.max_new_tokens},
+        initialization_options={"debounceMs": 0, "maxNewTokens": args.max_new_tokens,
+                                "dtype": args.dtype,
+                                "diagnostics": {"enabled": not args.no_diagnostics}},
     ))
     client.initialized(types.InitializedParams())
     try:
@@ -210,6 +212,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="the server's torch threads")
     parser.add_argument("--context-lines", type=int, default=400, help="lines of the file")
+    parser.add_argument("--dtype", default="auto", help="the server's dtype option")
+    parser.add_argument("--no-diagnostics", action="store_true",
+                        help="turn the server's diagnostics off")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     logging.getLogger("pygls").setLevel(logging.WARNING)
