@@ -2,10 +2,11 @@
 a 2,048-token Python file, through the prefix cache vs. a full recompute, and one decode step,
 all in the same run, on bigcode/tiny_starcoder_py's shape with random weights.
 
-    .venv/bin/python tests/bench/keystroke.py [--dtype fp32|bf16|int8|int8h] [--keystrokes N]
+    .venv/bin/python tests/bench/keystroke.py [--dtype fp32|bf16|bf16c|int8|int8h] [--keystrokes N]
         [--threads N]
 
-int8 is bf16 activations with int8 weights in the blocks; int8h quantises lm_head too.
+int8 is bf16 activations with int8 weights in the blocks; int8h quantises lm_head too; bf16c is
+bf16 with the decode step's one-row products compiled (model.fastpath).
 
 Prints a table per keystroke, a summary, and one JSON line last. Logs go to stderr.
 """
@@ -29,6 +30,7 @@ import torch
 
 from cache import ContextBudget, PrefixCache, PromptBuilder, layout_ids, prefill
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM
+from model.fastpath import compile_decode
 from model.quantize import quantize_int8
 from model.tokenizer import Tokenizer
 
@@ -199,7 +201,8 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dtype", choices=sorted({*DTYPES, *INT8_DTYPES}), default="fp32")
+    parser.add_argument("--dtype", choices=sorted({*DTYPES, *INT8_DTYPES, "bf16c"}),
+                        default="fp32")
     parser.add_argument("--keystrokes", type=int, default=40, help="edits to time (>= 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
@@ -220,6 +223,10 @@ def main() -> None:
     lm = lm.to(DTYPES.get(args.dtype, torch.bfloat16)).eval()
     if args.dtype in INT8_DTYPES:
         quantize_int8(lm, include_lm_head=INT8_DTYPES[args.dtype])
+    if args.dtype == "bf16c":
+        compile_decode(lm)
+        with torch.inference_mode():
+            lm(torch.zeros((1, 1), dtype=torch.long))  # compile before anything is timed
     cache = PrefixCache()
     builder = PromptBuilder(tok, ContextBudget(tokens=CONTEXT_TOKENS + 256), stats=cache.stats)
     log.info("file: %d tokens, %d characters; cursor at %d", len(tok.encode(text)), len(text),
