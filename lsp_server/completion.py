@@ -98,7 +98,7 @@ class ModelChoice:
     device: str
     dtype: torch.dtype
     quantize: str = "none"  # "int8": int8 weights (blocks and lm_head), activations in dtype
-    compile_decode: bool = False  # one-row products through torch.compile (CPU, half precision)
+    compile_decode: bool | None = None  # one-row products compiled; None: by the model's size
 
     @classmethod
     def from_options(cls, options: Options) -> ModelChoice:
@@ -113,6 +113,18 @@ class ModelChoice:
         return cls(options.model, device, dtype, options.quantize, options.compile_decode)
 
 
+# Below this size a decode step is bound by per-call overhead, not by streaming the weights,
+# and compiling gains too little to be worth its seconds at load.
+AUTO_COMPILE_PARAMETERS = 50_000_000
+
+
+def wants_compiled_decode(choice: ModelChoice, model: GPTBigCodeForCausalLM) -> bool:
+    if choice.compile_decode is not None:
+        return choice.compile_decode
+    return (model.device.type == "cpu" and model.dtype in (torch.bfloat16, torch.float16)
+            and model.num_parameters() >= AUTO_COMPILE_PARAMETERS)
+
+
 def load_engine(
     choice: ModelChoice, options: Options, report: Callable[[str], None] = lambda _: None
 ) -> CompletionEngine:
@@ -124,7 +136,8 @@ def load_engine(
     if choice.quantize == "int8":
         report("quantising the weights to int8")
         quantize_int8(model, include_lm_head=True)
-    elif choice.compile_decode:
+    elif wants_compiled_decode(choice, model):
+        report("compiling the decode step")
         compile_decode(model)  # compiled during the warm-up below
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(

@@ -92,8 +92,8 @@ class Options:
     dtype: Dtype = "auto"  # "auto": bf16 on a GPU or CPU that computes it natively, else fp32
     quantize: Quantize = "none"  # "int8": int8 weights, ~1.4x faster decode in bf16 on a CPU
     # Compile the one-row products of decoding (CPU, bf16 / fp16): ~1.7x faster decode steps,
-    # a few seconds more at load.
-    compile_decode: bool = False
+    # seconds more at load. None: on for such models of AUTO_COMPILE_PARAMETERS or more.
+    compile_decode: bool | None = None
     max_new_tokens: int = _option(64, check=_at_least(1))
     temperature: float = _option(0.0, check=_at_least(0.0))  # 0.0: greedy
     top_p: float = _option(1.0, check=_top_p)

@@ -280,3 +280,21 @@ def test_compile_decode_option_compiles_the_decode_products(folder: Path) -> Non
     assert len(layers) == 4 * engine.model.config.n_layer + 1
     done = engine.complete(CompletionRequest("file:///c.py", TEXT, LINE_END))
     assert done.model_steps > 0 and done.new_tokens > 0
+
+
+def test_compile_decode_by_default_only_for_large_half_precision_cpu_models(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lsp_server import completion
+
+    model = GPTBigCodeForCausalLM.from_pretrained(folder, dtype="bfloat16")
+    auto = ModelChoice("m", "cpu", torch.bfloat16)
+    assert not completion.wants_compiled_decode(auto, model)  # a few hundred k parameters
+    monkeypatch.setattr(completion, "AUTO_COMPILE_PARAMETERS", model.num_parameters())
+    assert completion.wants_compiled_decode(auto, model)
+    assert not completion.wants_compiled_decode(auto, model.float())  # fp32: MKL is fine
+    assert not completion.wants_compiled_decode(
+        ModelChoice("m", "cpu", torch.bfloat16, compile_decode=False), model.bfloat16())
+    monkeypatch.setattr(completion, "AUTO_COMPILE_PARAMETERS", 10**12)
+    assert completion.wants_compiled_decode(
+        ModelChoice("m", "cpu", torch.bfloat16, compile_decode=True), model)
