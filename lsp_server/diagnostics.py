@@ -20,11 +20,10 @@ from pathlib import Path
 from lsprotocol import types
 
 from cache.scanner import DocumentScanner
+from model.functions import functions_of
 from model.heads import DIAGNOSTICS_DIR, DiagnosticsModel, load_tokenizer
 from model.tagging import SECRET_TYPES, decode_entities
 from model.tokenizer import Tokenizer
-from model.train.data import SourceFile
-from model.train.mutations import extract_functions
 
 from .documents import Document, PositionEncoding
 from .options import DiagnosticsOptions
@@ -138,7 +137,7 @@ def python_functions(text: str) -> list[tuple[int, int, str]]:
     """(start, end, dedented text) of each function the bug head was trained on: start..end is
     the name in its `def` line. Nothing while the file does not parse (mid-edit)."""
     try:
-        functions = extract_functions([SourceFile("<document>", text)])
+        functions = functions_of(text)
     except (SyntaxError, ValueError, RecursionError):
         return []
     spans = []

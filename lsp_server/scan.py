@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .diagnostics import Diagnoser, Finding
+from .documents import offset_to_position
 from .options import DiagnosticsOptions
 
 SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__",
@@ -83,9 +84,9 @@ def read_text(path: Path, max_bytes: int) -> str | None:
 
 
 def line_column(text: str, offset: int) -> tuple[int, int]:
-    """1-based line and column (in characters) of an offset."""
-    line_start = text.rfind("\n", 0, offset) + 1
-    return text.count("\n", 0, offset) + 1, offset - line_start + 1
+    """1-based line and column (in characters; lines end as LSP counts them) of an offset."""
+    line, column = offset_to_position(text, offset, "utf-32")
+    return line + 1, column + 1
 
 
 def finding_json(path: Path, text: str, f: Finding) -> str:

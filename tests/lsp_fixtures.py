@@ -23,8 +23,12 @@ CORPUS = [
 ]
 
 
-def train_tokenizer(vocab_size: int, specials: list[str] = STARCODER_SPECIALS) -> Backend:
-    """A byte-level BPE with `specials` at ids 0.. (the StarCoder layout by default)."""
+def train_tokenizer(
+    vocab_size: int, specials: list[str] = STARCODER_SPECIALS, corpus: list[str] = CORPUS,
+    added_after: list[str] | None = None,
+) -> Backend:
+    """A byte-level BPE with `specials` at ids 0.. (the StarCoder layout by default), and
+    `added_after` special tokens appended after the vocabulary (SantaCoder's FIM tokens)."""
     backend = Backend(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -34,7 +38,9 @@ def train_tokenizer(vocab_size: int, specials: list[str] = STARCODER_SPECIALS) -
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(CORPUS, trainer)
+    backend.train_from_iterator(corpus, trainer)
+    if added_after:
+        backend.add_special_tokens(added_after)
     return backend
 
 

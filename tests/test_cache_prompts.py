@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from lsp_fixtures import train_tokenizer
 from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import models, pre_tokenizers, trainers
 
 from cache import ContextBudget, PrefixCache, PromptBuilder, layout_ids, longest_common_prefix
 from cache import prefill as cached_prefill
@@ -27,15 +28,8 @@ SOURCE = (STDLIB / "textwrap.py").read_text(encoding="utf-8")
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     """A byte-level BPE with StarCoder's special tokens at ids 0..4."""
-    backend = Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=SPECIALS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
     corpus = [(STDLIB / name).read_text(encoding="utf-8") for name in ("string.py", "shlex.py")]
-    backend.train_from_iterator(corpus, trainer)
+    backend = train_tokenizer(512, SPECIALS, corpus)
     path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
     backend.save(str(path))
     tokenizer = Tokenizer.from_file(path)

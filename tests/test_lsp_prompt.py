@@ -10,12 +10,12 @@ from collections.abc import Callable
 
 import pytest
 import tokenizers
-from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+from lsp_fixtures import STARCODER_SPECIALS, train_tokenizer
+from tokenizers import normalizers
 
 from lsp_server.prompt import WINDOW_CHARS, TokenIndex, split_unstable_tail, token_index
 from model.tokenizer import Tokenizer
 
-STARCODER_SPECIALS = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
 CORPUS = [inspect.getsource(textwrap), "naïve = 'héllo wörld 世界 😀'\n" * 20]
 
 PREFIXES = [
@@ -32,17 +32,7 @@ PREFIXES = [
 
 
 def _train(vocab_size: int = 800) -> tokenizers.Tokenizer:
-    backend = tokenizers.Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=STARCODER_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(CORPUS, trainer)
-    return backend
+    return train_tokenizer(vocab_size, STARCODER_SPECIALS, CORPUS)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from model.functions import Function, extract_functions
 from model.train.data import SourceFile, read_source
-from model.train.mutations import KINDS, Function, Mutant, extract_functions, make_pairs, mutate
+from model.train.mutations import KINDS, Mutant, make_pairs, mutate
 
 STDLIB_FILES = (
     "textwrap.py", "bisect.py", "heapq.py", "shlex.py", "fnmatch.py", "glob.py", "colorsys.py",

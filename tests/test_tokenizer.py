@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import tokenizers
 import torch
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+from lsp_fixtures import STARCODER_SPECIALS, train_tokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from model.tokenizer import BYTE_TO_CHAR, FimStrings, FimTokens, Tokenizer, TokenizerError
 
-STARCODER_SPECIALS = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
 SANTACODER_FIM = ["<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>"]
 # Python source plus one emoji, which becomes a single token; other emoji stay in byte pieces.
 CORPUS = [inspect.getsource(textwrap), "s = '😀😀😀😀'  # ok\n" * 40]
@@ -31,18 +31,7 @@ ROUND_TRIP_TEXTS = [
 
 
 def _train(specials: list[str], added_after: list[str], vocab_size: int) -> tokenizers.Tokenizer:
-    backend = tokenizers.Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(CORPUS, trainer)
-    backend.add_special_tokens(added_after)
-    return backend
+    return train_tokenizer(vocab_size, specials, CORPUS, added_after)
 
 
 @pytest.fixture(scope="session")

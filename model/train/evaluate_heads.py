@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
+from ..functions import Function
 from ..heads import DIAGNOSTICS_DIR, DiagnosticsModel, find_entities, load_tokenizer
 from ..tagging import ENTITY_TYPES, Entity
 from ..tokenizer import Tokenizer
 from .data import load_corpus
-from .mutations import Function, Mutant, make_pairs
+from .mutations import Mutant, make_pairs
 from .secrets_data import Sample, Span, generate
 
 log = logging.getLogger(__name__)

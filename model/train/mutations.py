@@ -15,13 +15,21 @@ import logging
 import random
 import re
 import tokenize
-import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
+from ..functions import (
+    FUNCTIONS,
+    Function,
+    blocks,
+    end_position,
+    extract_functions,
+    line_starts,
+    parse_quietly,
+)
 from .data import SourceFile
 
 log = logging.getLogger(__name__)
@@ -29,10 +37,6 @@ log = logging.getLogger(__name__)
 KINDS = ("swap_operator", "off_by_one", "wrong_variable", "invert_condition", "swap_arguments",
          "drop_return")
 
-# Longer lines are data tables and generated code, not functions people write and misedit.
-MAX_LINE_CHARS = 200
-
-FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 SCOPES = (*DEFINITIONS, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 ANNOTATION_FIELDS = frozenset({"annotation", "returns"})
@@ -67,16 +71,6 @@ NEGATIVE_DECIMAL = re.compile(r"-\s*(0|[1-9][0-9]*)")
 
 
 @dataclass(frozen=True)
-class Function:
-    """One function of a source file, dedented to column 0, with the file's text before it."""
-
-    path: str
-    name: str
-    text: str
-    context: str
-
-
-@dataclass(frozen=True)
 class Mutant:
     """A copy of a function with one seeded bug at 0-based line `line` of its text."""
 
@@ -84,104 +78,6 @@ class Mutant:
     text: str
     kind: str
     line: int
-
-
-# ---------------------------------------------------------------------------- extraction
-
-def extract_functions(files: Sequence[SourceFile], min_lines: int = 4, max_lines: int = 60
-                      ) -> list[Function]:
-    """Top-level functions and methods (nested functions stay in their parent's text), in file
-    order, without placeholders and without functions outside [min_lines, max_lines] lines."""
-    functions = []
-    for file in files:
-        tree = parse_quietly(file.text)
-        if tree is None:
-            log.debug("skipping %s: does not parse", file.path)
-            continue
-        lines = file.text.split("\n")
-        starts = line_starts(lines)
-        for name, node in definitions(tree.body, ""):
-            first = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
-            last = end_position(node)[0]
-            if not min_lines <= last - first <= max_lines or is_placeholder(node):
-                continue
-            text = dedent(lines[first:last])
-            if max(map(len, text.split("\n"))) <= MAX_LINE_CHARS and parse_quietly(text):
-                functions.append(Function(file.path, name, text, file.text[:starts[first]]))
-    return functions
-
-
-def parse_quietly(text: str) -> ast.Module | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # invalid escapes and `is` with a literal still parse
-        try:
-            return ast.parse(text)
-        except (SyntaxError, ValueError):
-            return None
-
-
-def line_starts(lines: Sequence[str]) -> list[int]:
-    """Character offset of each line of "\\n".join(lines)."""
-    return list(itertools.accumulate((len(line) + 1 for line in lines[:-1]), initial=0))
-
-
-def definitions(body: list[ast.stmt], prefix: str
-                ) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
-    """(qualified name, node) of the functions defined in body, in classes, and in conditional
-    blocks at these levels, but not inside other functions."""
-    for stmt in body:
-        if isinstance(stmt, FUNCTIONS):
-            yield prefix + stmt.name, stmt
-        elif isinstance(stmt, ast.ClassDef):
-            yield from definitions(stmt.body, f"{prefix}{stmt.name}.")
-        else:
-            for block in blocks(stmt):
-                yield from definitions(block, prefix)
-
-
-def blocks(stmt: ast.stmt) -> Iterator[list[ast.stmt]]:
-    """The statement lists directly inside a compound statement."""
-    for field in ("body", "orelse", "finalbody"):
-        block = getattr(stmt, field, None)
-        if isinstance(block, list):
-            yield block
-    for handler in getattr(stmt, "handlers", ()):
-        yield handler.body
-    for case in getattr(stmt, "cases", ()):
-        yield case.body
-
-
-def is_placeholder(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    """Whether the body is only a docstring, `pass`, `...` or `raise NotImplementedError`."""
-    body = node.body
-    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        body = body[1:]
-    return all(is_placeholder_statement(stmt) for stmt in body)
-
-
-def is_placeholder_statement(stmt: ast.stmt) -> bool:
-    if isinstance(stmt, ast.Pass):
-        return True
-    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
-        return stmt.value.value is Ellipsis
-    if isinstance(stmt, ast.Raise) and stmt.exc is not None:
-        raised = stmt.exc.func if isinstance(stmt.exc, ast.Call) else stmt.exc
-        return isinstance(raised, ast.Name) and raised.id == "NotImplementedError"
-    return False
-
-
-def dedent(lines: list[str]) -> str:
-    """Remove the first line's indentation from every line that has it; other lines (inside
-    multi-line strings, or blank) stay as they are, so the text still parses."""
-    indent = lines[0][:len(lines[0]) - len(lines[0].lstrip(" \t"))]
-    return "\n".join(line[len(indent):] if line.startswith(indent) else line
-                     for line in lines) + "\n"
-
-
-def end_position(node: ast.expr | ast.stmt) -> tuple[int, int]:
-    if node.end_lineno is None or node.end_col_offset is None:
-        raise ValueError(f"{type(node).__name__} at line {node.lineno} has no end position")
-    return node.end_lineno, node.end_col_offset
 
 
 # ---------------------------------------------------------------------------- text positions
