@@ -18,7 +18,7 @@ import torch
 from cache import ContextBudget, Layout, PrefixCache, PromptBuilder, prefill
 from model import GPTBigCodeForCausalLM, KVCache, Tokenizer
 from model.checkpoint import parse_dtype, resolve_checkpoint
-from model.fastpath import compile_decode
+from model.fastpath import fast_decode, native_decode_available
 from model.generation import decode_one_token, sample
 from model.hardware import auto_dtype
 from model.quantize import quantize_int8
@@ -98,7 +98,7 @@ class ModelChoice:
     device: str
     dtype: torch.dtype
     quantize: str = "none"  # "int8": int8 weights (blocks and lm_head), activations in dtype
-    compile_decode: bool | None = None  # one-row products compiled; None: by the model's size
+    compile_decode: bool | None = None  # faster one-row products; None: where they pay
 
     @classmethod
     def from_options(cls, options: Options) -> ModelChoice:
@@ -114,15 +114,26 @@ class ModelChoice:
 
 
 # Below this size a decode step is bound by per-call overhead, not by streaming the weights,
-# and compiling gains too little to be worth its seconds at load.
+# and compiling with Inductor gains too little to be worth its seconds at load.
 AUTO_COMPILE_PARAMETERS = 50_000_000
 
 
-def wants_compiled_decode(choice: ModelChoice, model: GPTBigCodeForCausalLM) -> bool:
-    if choice.compile_decode is not None:
-        return choice.compile_decode
-    return (model.device.type == "cpu" and model.dtype in (torch.bfloat16, torch.float16)
-            and model.num_parameters() >= AUTO_COMPILE_PARAMETERS)
+def fast_decode_settings(choice: ModelChoice, model: GPTBigCodeForCausalLM
+                         ) -> dict[str, bool] | None:
+    """fast_decode's arguments for this model, or None to keep every product on F.linear.
+
+    compileDecode null: the native kernels on the CPU (built once, about a second, so at no
+    cost at load); Inductor only for half-precision models of 50M parameters or more where
+    the native kernels do not run. true: both wherever they apply. false: neither.
+    """
+    if model.device.type != "cpu" or choice.compile_decode is False:
+        return None
+    half = model.dtype in (torch.bfloat16, torch.float16)
+    if choice.compile_decode:
+        return {"native": True, "inductor": half}
+    large = model.num_parameters() >= AUTO_COMPILE_PARAMETERS
+    return {"native": True,
+            "inductor": half and large and not native_decode_available(model.dtype)}
 
 
 def load_engine(
@@ -136,9 +147,10 @@ def load_engine(
     if choice.quantize == "int8":
         report("quantising the weights to int8")
         quantize_int8(model, include_lm_head=True)
-    elif wants_compiled_decode(choice, model):
-        report("compiling the decode step")
-        compile_decode(model)  # compiled during the warm-up below
+    elif (settings := fast_decode_settings(choice, model)) is not None:
+        if settings["inductor"]:
+            report("compiling the decode step")  # Inductor compiles during the warm-up below
+        fast_decode(model, **settings)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "

@@ -1,15 +1,20 @@
-"""A faster decode step on CPUs: matrix-vector products compiled by torch.compile.
+"""A faster decode step on CPUs: the one-row matrix-vector products on faster kernels.
 
 A decode step multiplies one row of activations by every weight matrix once, so its speed is
-how fast the weights stream from memory. oneDNN's bf16 matmul for a single row streams them
-at a third of the machine's bandwidth; the same product written as a broadcast multiply and a
-row sum, compiled by Inductor, reads bf16 weights, widens them in registers and accumulates
-in fp32, at close to the bandwidth of a plain read (tests/bench/decode.py measures both).
+how fast the weights stream from memory. torch's one-row matmul streams them at a third
+(bf16, oneDNN) to a half (fp32, MKL) of the machine's bandwidth. Two faster kernels:
 
-`compile_decode(model)` turns the blocks' Linear layers and lm_head into `DecodeLinear`s in
-place (the same parameters, so tied weights stay tied): inputs of one row go through the
-compiled product, everything else (prefill, batches, training, other devices) through
-F.linear as before. Each weight shape compiles once, a few seconds each, on first use.
+- native (model.native): C loops built on first use with the system compiler, reading bf16
+  or fp32 weights at the speed of a plain read (x86-64 with AVX-512; bf16 needs
+  AVX512-BF16). Preferred wherever they apply.
+- Inductor: the product written as a broadcast multiply and a row sum, compiled by
+  torch.compile with dynamic shapes (half precision only, a few seconds per weight shape).
+  Used with `inductor=True` where the native kernels do not apply.
+
+`fast_decode(model)` turns the blocks' Linear layers and lm_head into `DecodeLinear`s in
+place (the same parameters, so tied weights stay tied): inputs of one row on the CPU with
+gradients and autocast off go to a faster kernel, everything else (prefill, batches,
+training, other devices, mixed dtypes) through F.linear as before.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import native
 
 log = logging.getLogger(__name__)
 
@@ -53,33 +60,65 @@ def compiled_row_product() -> Callable[..., torch.Tensor] | None:
 
 
 class DecodeLinear(nn.Linear):
-    """nn.Linear whose single-row products on the CPU in half precision are compiled."""
+    """nn.Linear whose one-row products on the CPU run on a faster kernel (module docstring)."""
 
+    use_native = True  # whether to use the native kernel where it applies
+    inductor = False  # whether to use the Inductor product where no native kernel applies
     compile_failed = False  # set on a layer whose product could not be compiled
+    # The native kernel chosen for the weight as it was last seen (dtype, storage).
+    _native_key: tuple[torch.dtype, int] | None = None
+    _native: native.RowProduct | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        one_row = x.numel() == x.shape[-1]
-        if (one_row and x.device.type == "cpu" and x.dtype in _DTYPES
-                and not torch.is_grad_enabled() and not self.compile_failed):
-            product = compiled_row_product()
-            if product is not None:
-                try:
-                    out = product(x.reshape(-1), self.weight, self.bias)  # (N,)
-                except Exception:  # e.g. the recompile limit, after many weight shapes
-                    log.info("compiled product failed for %s; F.linear from now on",
-                             tuple(self.weight.shape), exc_info=True)
-                    self.compile_failed = True
-                else:
-                    return out.reshape(*x.shape[:-1], self.out_features)
+        if (x.numel() == x.shape[-1] and x.device.type == "cpu" and x.dtype == self.weight.dtype
+                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")):
+            kernel = self.native_kernel() if self.use_native else None
+            if kernel is not None:
+                out = kernel(x.reshape(-1).contiguous(), self.weight, self.bias)  # (N,)
+                return out.view(*x.shape[:-1], self.out_features)
+            if self.inductor and x.dtype in _DTYPES and not self.compile_failed:
+                compiled = self.compiled_product(x)
+                if compiled is not None:
+                    return compiled.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
 
+    def native_kernel(self) -> native.RowProduct | None:
+        """The native kernel for this weight, chosen again when its dtype or storage changes."""
+        key = (self.weight.dtype, self.weight.data_ptr())
+        if key != self._native_key:
+            usable = native.supports(self.weight, self.bias)
+            self._native = native.row_product_kernel(self.weight.dtype) if usable else None
+            self._native_key = key
+        return self._native
 
-def compile_decode(model: nn.Module) -> nn.Module:
-    """Make the blocks' Linears and lm_head DecodeLinears, in place; returns the model."""
+    def compiled_product(self, x: torch.Tensor) -> torch.Tensor | None:
+        product = compiled_row_product()
+        if product is None:
+            return None
+        try:
+            # Detached, the weights are plain tensors: Dynamo keeps parameters' shapes static
+            # and would compile anew for each weight shape, up to its recompile limit.
+            bias = None if self.bias is None else self.bias.detach()
+            return product(x.reshape(-1), self.weight.detach(), bias)
+        except Exception:  # e.g. the recompile limit, after many weight shapes
+            log.info("compiled product failed for %s; F.linear from now on",
+                     tuple(self.weight.shape), exc_info=True)
+            self.compile_failed = True
+            return None
+
+
+def fast_decode(model: nn.Module, *, native: bool = True, inductor: bool = False
+                ) -> nn.Module:
+    """Make the blocks' Linears and lm_head DecodeLinears, in place; returns the model.
+
+    native: use the native kernels where they apply (off only to compare paths).
+    inductor: also compile the product with torch.compile where no native kernel applies
+    (half precision on a CPU without AVX512-BF16, or a shape the native kernel refuses).
+    """
     backbone = getattr(model, "transformer", model)
     blocks = getattr(backbone, "h", None)
     if not isinstance(blocks, nn.ModuleList):
-        raise TypeError(f"compile_decode needs a GPTBigCode model, got {type(model).__name__}")
+        raise TypeError(f"fast_decode needs a GPTBigCode model, got {type(model).__name__}")
     targets: list[Any] = []
     for block in blocks:
         attn, mlp = cast(Any, block).attn, cast(Any, block).mlp
@@ -90,4 +129,11 @@ def compile_decode(model: nn.Module) -> nn.Module:
     for module in targets:
         if type(module) is nn.Linear:
             module.__class__ = DecodeLinear
+        if isinstance(module, DecodeLinear):
+            module.use_native, module.inductor = native, inductor
     return model
+
+
+def native_decode_available(dtype: torch.dtype) -> bool:
+    """Whether a native one-row kernel runs here for weights of dtype."""
+    return native.row_product_kernel(dtype) is not None

@@ -1,5 +1,7 @@
-"""The compiled decode path: one-row products give the plain path's logits at bf16's
-tolerance, the same greedy tokens, and leave prefill, training and fp32 on F.linear."""
+"""The fast decode paths: one-row products on the native kernels or compiled by Inductor give
+the plain path's logits at the dtype's tolerance and the same greedy tokens; prefill,
+training and mixed dtypes stay on F.linear; the lean single-token step equals forward's
+general path."""
 
 from __future__ import annotations
 
@@ -8,72 +10,158 @@ import torch
 import torch.nn.functional as F
 
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, KVCache
-from model.fastpath import DecodeLinear, compile_decode, compiled_row_product
+from model.fastpath import DecodeLinear, compiled_row_product, fast_decode, native_decode_available
 
-pytestmark = pytest.mark.skipif(compiled_row_product() is None,
-                                reason="torch.compile cannot build here")
+# name -> fast_decode arguments, and whether it can run here
+PATHS = {
+    "native": ({"native": True, "inductor": False},
+               native_decode_available(torch.bfloat16)),
+    "inductor": ({"native": False, "inductor": True}, compiled_row_product() is not None),
+}
 
 
-def tiny(multi_query: bool) -> GPTBigCodeForCausalLM:
+def tiny(multi_query: bool, dtype: torch.dtype = torch.bfloat16) -> GPTBigCodeForCausalLM:
     torch.manual_seed(0)
     config = GPTBigCodeConfig(vocab_size=160, n_positions=64, n_embd=64, n_layer=2, n_head=4,
                               multi_query=multi_query, resid_pdrop=0.0, embd_pdrop=0.0,
                               attn_pdrop=0.0, initializer_range=0.2)
-    return GPTBigCodeForCausalLM(config).eval().to(torch.bfloat16)
+    return GPTBigCodeForCausalLM(config).eval().to(dtype)
 
 
-def test_a_one_row_product_equals_f_linear_at_bf16_tolerance() -> None:
+def path(name: str) -> dict[str, bool]:
+    settings, available = PATHS[name]
+    if not available:
+        pytest.skip(f"the {name} path cannot run here")
+    return settings
+
+
+@pytest.mark.parametrize("name", PATHS)
+def test_a_one_row_product_equals_f_linear_at_bf16_tolerance(name: str) -> None:
+    settings = path(name)
     layer = torch.nn.Linear(64, 48).to(torch.bfloat16)
     x = torch.randn(1, 1, 64, dtype=torch.bfloat16)
     expected = F.linear(x, layer.weight, layer.bias)
     layer.__class__ = DecodeLinear
+    layer.use_native, layer.inductor = settings["native"], settings["inductor"]
     with torch.inference_mode():
         got = layer(x)
     assert got.shape == (1, 1, 48) and got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected.float(), rtol=0.02, atol=0.02)
 
 
+def step_logits(model: GPTBigCodeForCausalLM, ids: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        kv = KVCache(model.config, 1, 64, dtype=model.dtype)
+        model(ids, past_key_values=kv, use_cache=True)
+        return model(ids[:, -1:], past_key_values=kv, use_cache=True).logits
+
+
+@pytest.mark.parametrize("name", PATHS)
 @pytest.mark.parametrize("multi_query", [True, False])
-def test_decoding_gives_the_plain_paths_logits_and_greedy_tokens(multi_query: bool) -> None:
+def test_decoding_gives_the_plain_paths_logits_and_greedy_tokens(
+    name: str, multi_query: bool
+) -> None:
+    settings = path(name)
     model = tiny(multi_query)
     ids = torch.randint(0, 160, (1, 12))
     plain = model.generate(ids, max_new_tokens=10)
-    with torch.inference_mode():
-        kv = KVCache(model.config, 1, 64, dtype=torch.bfloat16)
-        model(ids, past_key_values=kv, use_cache=True)
-        step_plain = model(ids[:, -1:], past_key_values=kv, use_cache=True).logits
-    compile_decode(model)
+    step_plain = step_logits(model, ids)
+    fast_decode(model, **settings)
     assert sum(isinstance(m, DecodeLinear) for m in model.modules()) == 4 * 2 + 1
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied
     fast = model.generate(ids, max_new_tokens=10)
-    with torch.inference_mode():
-        kv = KVCache(model.config, 1, 64, dtype=torch.bfloat16)
-        model(ids, past_key_values=kv, use_cache=True)
-        step_fast = model(ids[:, -1:], past_key_values=kv, use_cache=True).logits
-    torch.testing.assert_close(step_fast.float(), step_plain.float(), rtol=0.03, atol=0.03)
+    torch.testing.assert_close(step_logits(model, ids).float(), step_plain.float(),
+                               rtol=0.03, atol=0.03)
     assert torch.equal(fast, plain)
 
 
-def test_prefill_training_and_fp32_stay_on_f_linear(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fp32_decoding_on_the_native_kernels_matches_closely() -> None:
+    if not native_decode_available(torch.float32):
+        pytest.skip("no native fp32 kernel on this CPU")
+    model = tiny(True, torch.float32)
+    ids = torch.randint(0, 160, (1, 12))
+    plain, step_plain = model.generate(ids, max_new_tokens=10), step_logits(model, ids)
+    fast_decode(model)
+    torch.testing.assert_close(step_logits(model, ids), step_plain, rtol=1e-5, atol=1e-5)
+    assert torch.equal(model.generate(ids, max_new_tokens=10), plain)
+
+
+@pytest.mark.parametrize("name", PATHS)
+def test_prefill_training_and_mixed_dtypes_stay_on_f_linear(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = path(name)
     calls: list[int] = []
-    real = compiled_row_product()
-    assert real is not None
+    real_linear = F.linear
 
-    def counting(*args: torch.Tensor) -> torch.Tensor:
+    def counting_linear(*args: torch.Tensor) -> torch.Tensor:
         calls.append(1)
-        return real(*args)
+        return real_linear(*args)
 
-    monkeypatch.setattr("model.fastpath.compiled_row_product", lambda: counting)
-    model = compile_decode(tiny(True))
+    monkeypatch.setattr("model.fastpath.F.linear", counting_linear)
+    model = fast_decode(tiny(True), **settings)
     ids = torch.randint(0, 160, (1, 6))
+    products = 4 * 2 + 1
     with torch.inference_mode():
         model(ids)  # prefill: many rows
-    assert calls == []
+    assert len(calls) == products
     model(ids[:, :1])  # gradients enabled: training keeps autograd through F.linear
-    assert calls == []
+    assert len(calls) == 2 * products
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.float()(ids[:, :1])  # fp32 weights, bf16 activations under autocast
+    assert len(calls) == 3 * products
     with torch.inference_mode():
-        model.float()(ids[:, :1])
-    assert calls == []
+        model.to(torch.bfloat16)(ids[:, :1])  # one row, weights and input of one dtype
+    assert len(calls) == 3 * products
+
+
+# -- the lean single-token step (GPTBigCodeModel.decode_one) ---------------------------------
+
+
+def lean_and_general_steps(dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Logits of four single-token steps after a five-token prefill, through the lean step
+    and through forward's general path (taken with an explicit all-ones mask)."""
+    model = tiny(True, dtype)
+    ids = torch.randint(0, 160, (1, 9), generator=torch.Generator().manual_seed(3))
+    lean, general = [], []
     with torch.inference_mode():
-        model.to(torch.bfloat16)(ids[:, :1])
-    assert len(calls) == 4 * 2 + 1
+        lean_kv = KVCache(model.config, 1, 16, dtype=dtype)
+        general_kv = KVCache(model.config, 1, 16, dtype=dtype)
+        model(ids[:, :5], past_key_values=lean_kv)
+        model(ids[:, :5], past_key_values=general_kv)
+        for t in range(5, 9):
+            lean.append(model(ids[:, t:t + 1], past_key_values=lean_kv).logits)
+            general.append(model(ids[:, t:t + 1], past_key_values=general_kv,
+                                 attention_mask=torch.ones(1, t + 1, dtype=torch.long)).logits)
+    assert lean_kv.length == general_kv.length == 9
+    assert torch.equal(lean_kv.buffer[:, :, :, :, :9], general_kv.buffer[:, :, :, :, :9])
+    return lean, general
+
+
+def test_the_single_token_step_equals_the_general_path_in_fp32() -> None:
+    lean, general = lean_and_general_steps(torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(lean, general, strict=True))
+
+
+def test_the_single_token_step_in_bf16_matches_at_bf16_tolerance() -> None:
+    # bf16 attention runs on the native kernel where the CPU has one (fp32 softmax).
+    lean, general = lean_and_general_steps(torch.bfloat16)
+    for a, b in zip(lean, general, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=0.03, atol=0.03)
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_the_single_token_step_checks_what_the_general_path_checks() -> None:
+    model = tiny(True, torch.float32)
+    with torch.inference_mode():
+        kv = KVCache(model.config, 1, 64)
+        model(torch.zeros(1, 64, dtype=torch.long), past_key_values=kv)
+        with pytest.raises(ValueError, match=r"65 tokens \(64 cached \+ 1 new\) exceeds"):
+            model(torch.zeros(1, 1, dtype=torch.long), past_key_values=kv)
+        kv.truncate(3)
+        with pytest.raises(ValueError, match=r"token id 160 .* outside \[0, 160\)"):
+            model(torch.tensor([[160]]), past_key_values=kv)
+        with pytest.raises(ValueError, match="make the KVCache with the model's dtype"):
+            model(torch.tensor([[1]]), past_key_values=KVCache(model.config, 1, 8,
+                                                                 dtype=torch.bfloat16))
+    assert kv.length == 3  # nothing written by the refused steps

@@ -270,7 +270,7 @@ def test_int8_option_quantises_the_model_and_still_completes(folder: Path) -> No
     assert done.model_steps > 0 and done.new_tokens > 0
 
 
-def test_compile_decode_option_compiles_the_decode_products(folder: Path) -> None:
+def test_compile_decode_option_puts_the_decode_products_on_fast_kernels(folder: Path) -> None:
     from model.fastpath import DecodeLinear
 
     options = Options(model=str(folder), max_new_tokens=8, dtype="bfloat16",
@@ -278,23 +278,29 @@ def test_compile_decode_option_compiles_the_decode_products(folder: Path) -> Non
     engine = load_engine(ModelChoice.from_options(options), options)
     layers = [m for m in engine.model.modules() if isinstance(m, DecodeLinear)]
     assert len(layers) == 4 * engine.model.config.n_layer + 1
+    assert all(layer.use_native and layer.inductor for layer in layers)
     done = engine.complete(CompletionRequest("file:///c.py", TEXT, LINE_END))
     assert done.model_steps > 0 and done.new_tokens > 0
 
 
-def test_compile_decode_by_default_only_for_large_half_precision_cpu_models(
+def test_fast_decode_by_default_native_and_inductor_only_where_it_pays(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lsp_server import completion
 
     model = GPTBigCodeForCausalLM.from_pretrained(folder, dtype="bfloat16")
     auto = ModelChoice("m", "cpu", torch.bfloat16)
-    assert not completion.wants_compiled_decode(auto, model)  # a few hundred k parameters
+    native = {"native": True, "inductor": False}
+    # native kernels always on the CPU; Inductor not for a few hundred k parameters
+    assert completion.fast_decode_settings(auto, model) == native
     monkeypatch.setattr(completion, "AUTO_COMPILE_PARAMETERS", model.num_parameters())
-    assert completion.wants_compiled_decode(auto, model)
-    assert not completion.wants_compiled_decode(auto, model.float())  # fp32: MKL is fine
-    assert not completion.wants_compiled_decode(
-        ModelChoice("m", "cpu", torch.bfloat16, compile_decode=False), model.bfloat16())
+    monkeypatch.setattr(completion, "native_decode_available", lambda dtype: True)
+    assert completion.fast_decode_settings(auto, model) == native  # the native kernel runs
+    monkeypatch.setattr(completion, "native_decode_available", lambda dtype: False)
+    assert completion.fast_decode_settings(auto, model) == {"native": True, "inductor": True}
+    assert completion.fast_decode_settings(auto, model.float()) == native  # fp32: no Inductor
+    off = ModelChoice("m", "cpu", torch.bfloat16, compile_decode=False)
+    assert completion.fast_decode_settings(off, model.bfloat16()) is None
     monkeypatch.setattr(completion, "AUTO_COMPILE_PARAMETERS", 10**12)
-    assert completion.wants_compiled_decode(
-        ModelChoice("m", "cpu", torch.bfloat16, compile_decode=True), model)
+    on = ModelChoice("m", "cpu", torch.bfloat16, compile_decode=True)
+    assert completion.fast_decode_settings(on, model) == {"native": True, "inductor": True}

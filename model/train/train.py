@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from tokenizers import Tokenizer
@@ -72,6 +73,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto: bf16 autocast when the CPU computes bf16 natively")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--compile", action="store_true",
+                   help="run the training forward/backward through torch.compile "
+                        "(about 15%% more tokens a second on a 2-core CPU; ~1 min to compile)")
     p.add_argument("--seed", type=int, default=1234)
     return p.parse_args(argv)
 
@@ -243,7 +247,7 @@ class Progress:
         self.train_loss = 0.95 * previous + 0.05 * loss
 
 
-def train_step(model: GPTBigCodeForCausalLM, optimizer: torch.optim.Optimizer,
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                batch: torch.Tensor, lr: float, args: argparse.Namespace, autocast: bool) -> float:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -285,6 +289,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     model = build_model(args, tok.get_vocab_size())
     model.train()
     optimizer = make_optimizer(model, args)
+    # The compiled wrapper shares the parameters; evaluation and saving use the plain module.
+    step_model = cast(torch.nn.Module, torch.compile(model)) if args.compile else model
     log.info("model: %d layers x %d, %d heads, %.2fM parameters; bf16 autocast: %s; "
              "%d chunks, %d tokens an epoch", model.config.n_layer, model.config.n_embd,
              model.config.n_head,
@@ -302,7 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if state.elapsed >= next_save:
             save_checkpoint(model, tok_dir, args.run_dir / "checkpoint")
             next_save = state.elapsed + args.checkpoint_minutes * 60
-        loss = train_step(model, optimizer, batch, lr_at(state.step, state.fraction, args),
+        loss = train_step(step_model, optimizer, batch, lr_at(state.step, state.fraction, args),
                           args, autocast)
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss} at step {state.step}")

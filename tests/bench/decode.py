@@ -1,16 +1,22 @@
 """Prefill and decode speed, ours vs transformers 4.56.2 on identical weights, in one run.
 
 Shapes: bigcode/tiny_starcoder_py's (20 layers, 768 wide, 12 heads, MQA, 49,152 vocabulary)
-with random weights, and the packaged default model when it is installed. For each dtype it
+with random weights, and the packaged default model when it is installed. For each variant it
 reports prefill tokens/s at 512 and 2,048 tokens and decode ms/token at 512 and 2,048 tokens
 of context, plus the memory bandwidth measured in the same run and the decode floor it implies
-(weight bytes / bandwidth). "bf16c" is ours in bf16 with the decode step's one-row products
-compiled (model.fastpath). The dtypes "int8" and "int8h" are ours with bf16 activations and
-int8 weights in the blocks (int8h: in lm_head too); transformers has no such path, so its
-columns read "-" there. Run by hand:
+(weight bytes / bandwidth). Variants:
 
-    .venv/bin/python tests/bench/decode.py [--dtypes fp32,bf16,int8,int8h] [--steps 16]
-        [--threads N] [--skip-default]
+    fp32, bf16     ours as the server runs them: one-row products on the native kernels
+                   (model.native) where the CPU has them
+    fp32p, bf16p   ours on the plain path: every product through F.linear
+    bf16i          ours with the one-row products compiled by Inductor (native kernels off)
+    int8, int8h    ours with bf16 activations and int8 weights in the blocks (int8h: in
+                   lm_head too); transformers has no such path, so its columns read "-"
+
+transformers runs in the variant's dtype beside each of ours. Run by hand:
+
+    .venv/bin/python tests/bench/decode.py [--dtypes fp32,bf16,fp32p,bf16p,bf16i,int8,int8h]
+        [--steps 16] [--threads N] [--skip-default]
 
 Prints a table and, last, one JSON line.
 """
@@ -31,13 +37,17 @@ import transformers
 
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, KVCache
 from model.checkpoint import CheckpointError
-from model.fastpath import compile_decode
+from model.fastpath import fast_decode
 from model.quantize import Int8Linear, quantize_int8
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# name -> (dtype, path of the one-row products: "fast" native, "plain" F.linear, "inductor")
+DTYPES: dict[str, tuple[torch.dtype, str]] = {
+    "fp32": (torch.float32, "fast"), "bf16": (torch.bfloat16, "fast"),
+    "fp32p": (torch.float32, "plain"), "bf16p": (torch.bfloat16, "plain"),
+    "bf16i": (torch.bfloat16, "inductor"),
+}
 # Weight-only int8 (activations bf16): name -> whether lm_head is quantised too.
 INT8_DTYPES = {"int8": False, "int8h": True}
-COMPILED = "bf16c"  # bf16 with compile_decode: the one-row products compiled
 TINY_STARCODER: dict[str, Any] = dict(
     vocab_size=49152, n_positions=8192, n_embd=768, n_layer=20, n_head=12, multi_query=True,
     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
@@ -123,23 +133,23 @@ def hf_decode_ms(model: torch.nn.Module, ids: torch.Tensor, steps: int) -> float
 
 
 def model_in(ours: GPTBigCodeForCausalLM, dtype_name: str) -> GPTBigCodeForCausalLM:
-    """`ours` in a dtype of DTYPES, or a bf16 copy with int8 weights for INT8_DTYPES."""
-    if dtype_name == COMPILED:
-        fast = compile_decode(copy.deepcopy(ours.to(torch.bfloat16)))
-        assert isinstance(fast, GPTBigCodeForCausalLM)
-        return fast
+    """A copy of `ours` set up as the variant says (DTYPES, INT8_DTYPES)."""
     if dtype_name in INT8_DTYPES:
         quantised = quantize_int8(copy.deepcopy(ours.to(torch.bfloat16)), INT8_DTYPES[dtype_name])
         assert isinstance(quantised, GPTBigCodeForCausalLM)
         return quantised
-    return ours.to(DTYPES[dtype_name])
+    dtype, path = DTYPES[dtype_name]
+    variant = copy.deepcopy(ours).to(dtype)
+    if path != "plain":
+        fast_decode(variant, native=path == "fast", inductor=path == "inductor")
+    return variant
 
 
 def bench_shape(
     name: str, ours: GPTBigCodeForCausalLM, dtype_name: str, steps: int, bandwidth: float
 ) -> list[dict[str, Any]]:
     ours = model_in(ours, dtype_name)
-    hf = hf_twin(ours) if dtype_name in DTYPES or dtype_name == COMPILED else None
+    hf = hf_twin(ours) if dtype_name in DTYPES else None
     floor_ms = weight_bytes(ours) / bandwidth * 1000
     rows = []
     generator = torch.Generator().manual_seed(0)
@@ -205,15 +215,16 @@ def print_row(row: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dtypes", default="fp32,bf16,bf16c,int8h",
-                        help="of fp32,bf16,bf16c,int8,int8h")
+    parser.add_argument("--dtypes", default="fp32,bf16,fp32p,bf16p,int8h",
+                        help=f"of {','.join([*DTYPES, *INT8_DTYPES])}")
     parser.add_argument("--steps", type=int, default=16, help="decode steps per measurement")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-default", action="store_true")
     args = parser.parse_args()
-    unknown = set(args.dtypes.split(",")) - {*DTYPES, *INT8_DTYPES, COMPILED}
+    unknown = set(args.dtypes.split(",")) - {*DTYPES, *INT8_DTYPES}
     if unknown:
-        parser.error(f"unknown dtypes {sorted(unknown)}; choose from fp32,bf16,bf16c,int8,int8h")
+        parser.error(f"unknown dtypes {sorted(unknown)}; "
+                     f"choose from {','.join([*DTYPES, *INT8_DTYPES])}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

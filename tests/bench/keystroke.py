@@ -2,11 +2,13 @@
 a 2,048-token Python file, through the prefix cache vs. a full recompute, and one decode step,
 all in the same run, on bigcode/tiny_starcoder_py's shape with random weights.
 
-    .venv/bin/python tests/bench/keystroke.py [--dtype fp32|bf16|bf16c|int8|int8h] [--keystrokes N]
-        [--threads N]
+    .venv/bin/python tests/bench/keystroke.py [--dtype fp32|bf16|fp32p|bf16p|int8|int8h]
+        [--keystrokes N] [--threads N]
 
-int8 is bf16 activations with int8 weights in the blocks; int8h quantises lm_head too; bf16c is
-bf16 with the decode step's one-row products compiled (model.fastpath).
+fp32 and bf16 run as the server runs them, the decode step's products and attention on the
+native kernels (model.fastpath, model.native) where the CPU has them; fp32p and bf16p keep
+every product on F.linear; int8 is bf16 activations with int8 weights in the blocks; int8h
+quantises lm_head too.
 
 Prints a table per keystroke, a summary, and one JSON line last. Logs go to stderr.
 """
@@ -30,7 +32,7 @@ import torch
 
 from cache import ContextBudget, PrefixCache, PromptBuilder, layout_ids, prefill
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM
-from model.fastpath import compile_decode
+from model.fastpath import fast_decode
 from model.quantize import quantize_int8
 from model.tokenizer import Tokenizer
 
@@ -40,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[2]
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 URI = "file:///bench/session.py"
 CONTEXT_TOKENS = 2048
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16,
+          "fp32p": torch.float32, "bf16p": torch.bfloat16}
 # Weight-only int8 (activations bf16): name -> whether lm_head is quantised too.
 INT8_DTYPES = {"int8": False, "int8h": True}
 SPECIALS = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
@@ -201,8 +204,7 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dtype", choices=sorted({*DTYPES, *INT8_DTYPES, "bf16c"}),
-                        default="fp32")
+    parser.add_argument("--dtype", choices=sorted({*DTYPES, *INT8_DTYPES}), default="bf16")
     parser.add_argument("--keystrokes", type=int, default=40, help="edits to time (>= 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
@@ -223,10 +225,8 @@ def main() -> None:
     lm = lm.to(DTYPES.get(args.dtype, torch.bfloat16)).eval()
     if args.dtype in INT8_DTYPES:
         quantize_int8(lm, include_lm_head=INT8_DTYPES[args.dtype])
-    if args.dtype == "bf16c":
-        compile_decode(lm)
-        with torch.inference_mode():
-            lm(torch.zeros((1, 1), dtype=torch.long))  # compile before anything is timed
+    if args.dtype in ("fp32", "bf16"):
+        fast_decode(lm)
     cache = PrefixCache()
     builder = PromptBuilder(tok, ContextBudget(tokens=CONTEXT_TOKENS + 256), stats=cache.stats)
     log.info("file: %d tokens, %d characters; cursor at %d", len(tok.encode(text)), len(text),

@@ -1,0 +1,273 @@
+/* One-row matrix products for decoding on x86-64 CPUs, y = W x + b, and multi-query
+ * attention of one query token over the cached keys and values.
+ *
+ * A decode step multiplies one row of activations by every weight matrix of the model, so
+ * its speed is how fast the weights stream from memory. These loops read each weight once,
+ * row after row, front to back, and keep x in the L1 cache; the arithmetic is far below
+ * what the core can do.
+ *
+ * Built at run time by model/native.py (gcc or clang, -O3 -fopenmp) and called through
+ * ctypes. Each kernel carries its instruction set in a target attribute, so one library
+ * builds on any x86-64 machine; Python calls a kernel only when the CPU has what it needs.
+ * The OpenMP runtime is the one torch already loaded (same soname), so torch.set_num_threads
+ * governs these loops too.
+ *
+ * Layouts: W is (n, k) row-major with row stride ldw (elements); x has k elements; bias
+ * (n elements) may be NULL; y has n elements. bf16 values travel as uint16_t.
+ */
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16,fma")))
+#define AVX512 __attribute__((target("avx512f,avx512bw,fma")))
+
+int rowdot_abi_version(void) { return 2; }
+
+/* fp32 -> bf16 with round-to-nearest-even; NaN stays NaN (as torch converts). */
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float from_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ---- bf16 weights, bf16 activations: AVX512-BF16 dot products, fp32 accumulation ------ */
+
+/* One row against x, both as kv vectors of 32 bf16. Four accumulators along the row keep
+ * four products in flight; the row is read front to back, which the hardware prefetchers
+ * follow at full speed (interleaving several rows' short streams halves the speed). */
+AVX512_BF16 static inline float dot_bf16(const uint16_t *w, const __m512bh *xv, int64_t kv) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 4 <= kv; i += 4) {
+        a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w + 32 * i), xv[i]);
+        a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(w + 32 * i + 32), xv[i + 1]);
+        a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_loadu_si512(w + 32 * i + 64), xv[i + 2]);
+        a3 = _mm512_dpbf16_ps(a3, (__m512bh)_mm512_loadu_si512(w + 32 * i + 96), xv[i + 3]);
+    }
+    for (; i < kv; i++)
+        a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w + 32 * i), xv[i]);
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+/* k must be a multiple of 32 and at most 32 * 1024; returns 0, or -1 when it is not. */
+AVX512_BF16 int rowdot_bf16(const uint16_t *w, int64_t ldw, const uint16_t *x,
+                            const uint16_t *bias, uint16_t *y, int64_t n, int64_t k) {
+    if (k % 32 != 0 || k > 32 * 1024) return -1;
+    const int64_t kv = k / 32;
+    __m512bh xv[1024];
+    for (int64_t i = 0; i < kv; i++) xv[i] = (__m512bh)_mm512_loadu_si512(x + 32 * i);
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < n; row++) {
+        float v = dot_bf16(w + row * ldw, xv, kv);
+        y[row] = to_bf16(bias ? v + from_bf16(bias[row]) : v);
+    }
+    return 0;
+}
+
+/* ---- fp32 weights, fp32 activations: AVX-512 FMA -------------------------------------- */
+
+AVX512 static inline float dot_f32(const float *w, const float *x, int64_t k) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= k; i += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= k; i += 16)
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+    if (i < k) {
+        __mmask16 m = (__mmask16)((1u << (k - i)) - 1u);
+        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + i), _mm512_maskz_loadu_ps(m, x + i), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+AVX512 int rowdot_f32(const float *w, int64_t ldw, const float *x, const float *bias,
+                      float *y, int64_t n, int64_t k) {
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < n; row++) {
+        float v = dot_f32(w + row * ldw, x, k);
+        y[row] = bias ? v + bias[row] : v;
+    }
+    return 0;
+}
+
+/* ---- multi-query attention of one query token, bf16 K/V ------------------------------- */
+
+/* exp(x) for x <= 0 (softmax after subtracting the maximum): 2^n * p(r), x = n ln2 + r,
+ * |r| <= ln2 / 2, p a degree-6 Taylor polynomial (relative error below 2e-7). */
+AVX512 static inline __m512 exp_nonpositive(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f)); /* below this exp underflows to 0 */
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* Sixteen vectors to one: lane i of the result is the sum of the lanes of v[i]. */
+AVX512 static inline __m512 sum16(const __m512 *v) {
+    __m512 w[8], x[4];
+    for (int i = 0; i < 8; i++)
+        w[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(w[2 * i]), b = _mm512_castps_pd(w[2 * i + 1]);
+        x[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    __m512 z0 = _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], 0x88),
+                              _mm512_shuffle_f32x4(x[0], x[1], 0xdd));
+    __m512 z1 = _mm512_add_ps(_mm512_shuffle_f32x4(x[2], x[3], 0x88),
+                              _mm512_shuffle_f32x4(x[2], x[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(z0, z1, 0x88), _mm512_shuffle_f32x4(z0, z1, 0xdd));
+}
+
+AVX512 static inline __m512 bf16x16_to_f32(const uint16_t *p) {
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* Raw scores of every head against keys [t0, t0 + n), n <= 16: e[h * lde + t] = scale * q_h.k_t.
+ * The block's keys are read from memory once and from the L1 cache for the other heads. q
+ * is heads * dv32 vectors of 32 bf16. */
+AVX512_BF16 static void block_scores(const __m512bh *q, int64_t heads, int64_t dv32,
+                                     const uint16_t *k, int64_t ldk, int64_t t0, int64_t n,
+                                     float scale, float *e, int64_t lde) {
+    for (int64_t h = 0; h < heads; h++) {
+        const __m512bh *qh = q + h * dv32;
+        if (n == 16) {
+            __m512 acc[16];
+            for (int j = 0; j < 16; j++) {
+                const uint16_t *row = k + (t0 + j) * ldk;
+                __m512 a = _mm512_setzero_ps();
+                for (int64_t i = 0; i < dv32; i++)
+                    a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(row + 32 * i), qh[i]);
+                acc[j] = a;
+            }
+            _mm512_storeu_ps(e + h * lde + t0, _mm512_mul_ps(sum16(acc), _mm512_set1_ps(scale)));
+        } else {
+            for (int64_t j = 0; j < n; j++) {
+                const uint16_t *row = k + (t0 + j) * ldk;
+                __m512 a = _mm512_setzero_ps();
+                for (int64_t i = 0; i < dv32; i++)
+                    a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(row + 32 * i), qh[i]);
+                e[h * lde + t0 + j] = _mm512_reduce_add_ps(a) * scale;
+            }
+        }
+    }
+}
+
+/* e[t] = exp(e[t] - max e) over [0, s); returns the sum. */
+AVX512 static float softmax_numerators(float *e, int64_t s) {
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 16 <= s; i += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(e + i));
+    float m = _mm512_reduce_max_ps(vmax);
+    for (; i < s; i++) m = e[i] > m ? e[i] : m;
+    __m512 vm = _mm512_set1_ps(m), total = _mm512_setzero_ps();
+    for (i = 0; i + 16 <= s; i += 16) {
+        __m512 v = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(e + i), vm));
+        _mm512_storeu_ps(e + i, v);
+        total = _mm512_add_ps(total, v);
+    }
+    if (i < s) {
+        __mmask16 mask = (__mmask16)((1u << (s - i)) - 1u);
+        __m512 v = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, e + i), vm));
+        _mm512_mask_storeu_ps(e + i, mask, v);
+        total = _mm512_add_ps(total, _mm512_maskz_mov_ps(mask, v));
+    }
+    return _mm512_reduce_add_ps(total);
+}
+
+/* out[g] = sum_t e[g][t] v_t / sums[g] for G heads at once, DV = head_dim / 16 fp32
+ * vectors per head: G * DV accumulators stay in registers while V streams once. */
+#define DEFINE_WEIGHTED_SUM(NAME, DV, G)                                                      \
+    AVX512 static void NAME(const float *e, int64_t lde, const float *sums,                   \
+                            const uint16_t *v, int64_t ldv, int64_t s, uint16_t *out) {       \
+        __m512 acc[G][DV];                                                                    \
+        for (int g = 0; g < G; g++)                                                           \
+            for (int c = 0; c < DV; c++) acc[g][c] = _mm512_setzero_ps();                     \
+        for (int64_t t = 0; t < s; t++) {                                                     \
+            __m512 vf[DV];                                                                    \
+            for (int c = 0; c < DV; c++) vf[c] = bf16x16_to_f32(v + t * ldv + 16 * c);        \
+            for (int g = 0; g < G; g++) {                                                     \
+                __m512 w = _mm512_set1_ps(e[g * lde + t]);                                    \
+                for (int c = 0; c < DV; c++) acc[g][c] = _mm512_fmadd_ps(w, vf[c], acc[g][c]); \
+            }                                                                                 \
+        }                                                                                     \
+        for (int g = 0; g < G; g++) {                                                         \
+            float f[16 * DV];                                                                 \
+            __m512 inv = _mm512_set1_ps(1.0f / sums[g]);                                      \
+            for (int c = 0; c < DV; c++) _mm512_storeu_ps(f + 16 * c, _mm512_mul_ps(acc[g][c], inv)); \
+            for (int d = 0; d < 16 * DV; d++) out[g * 16 * DV + d] = to_bf16(f[d]);           \
+        }                                                                                     \
+    }
+
+DEFINE_WEIGHTED_SUM(weighted_sum_64x6, 4, 6)
+DEFINE_WEIGHTED_SUM(weighted_sum_64x1, 4, 1)
+DEFINE_WEIGHTED_SUM(weighted_sum_128x3, 8, 3)
+DEFINE_WEIGHTED_SUM(weighted_sum_128x1, 8, 1)
+
+/* Attention of one query token with `heads` heads over s cached positions that share one
+ * key/value head (multi-query): out[h] = softmax(scale * q[h] . K^T) V, all (., d) bf16,
+ * K and V rows ldkv elements apart; scratch holds heads * s floats and heads floats more.
+ * d must be 64 or 128 and heads at most 48; returns 0, or -1 (nothing written) otherwise. */
+AVX512_BF16 int mqa_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                int64_t ldkv, uint16_t *out, int64_t heads, int64_t s,
+                                int64_t d, float scale, float *scratch) {
+    if ((d != 64 && d != 128) || s <= 0 || heads <= 0) return -1;
+    float *e = scratch, *sums = scratch + heads * s;
+    const int64_t dv32 = d / 32, blocks = (s + 15) / 16;
+    __m512bh qv[48 * 4];
+    if (heads > 48) return -1;
+    for (int64_t i = 0; i < heads * dv32; i++)
+        qv[i] = (__m512bh)_mm512_loadu_si512(q + 32 * i);
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t t0 = 16 * b, n = s - t0 < 16 ? s - t0 : 16;
+        block_scores(qv, heads, dv32, k, ldkv, t0, n, scale, e, s);
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t h = 0; h < heads; h++) sums[h] = softmax_numerators(e + h * s, s);
+    const int64_t group = d == 64 ? 6 : 3, full = heads / group;
+#pragma omp parallel for schedule(static)
+    for (int64_t h = 0; h < heads; h++) {
+        /* Groups of `group` heads where they fill one, single heads for the rest. */
+        if (h < full * group) {
+            if (h % group != 0) continue;
+            if (d == 64)
+                weighted_sum_64x6(e + h * s, s, sums + h, v, ldkv, s, out + h * d);
+            else
+                weighted_sum_128x3(e + h * s, s, sums + h, v, ldkv, s, out + h * d);
+        } else if (d == 64) {
+            weighted_sum_64x1(e + h * s, s, sums + h, v, ldkv, s, out + h * d);
+        } else {
+            weighted_sum_128x1(e + h * s, s, sums + h, v, ldkv, s, out + h * d);
+        }
+    }
+    return 0;
+}

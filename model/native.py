@@ -1,0 +1,195 @@
+"""Native kernels for CPU decoding (model/csrc/rowdot.c, built on first use): one-row
+matrix products, and multi-query attention of one query token.
+
+A decode step is bound by how fast the weights stream from memory. torch's one-row bf16
+matmul streams them at a fraction of the machine's bandwidth; the loops in rowdot.c read
+them close to a plain read's speed (tests/bench/decode.py measures both in one run). Its
+attention for one token (heads folded against the one shared K/V head) costs a quarter of
+scaled_dot_product_attention's at 2,048 positions.
+
+The library is compiled with the system's C compiler (`$CC`, else gcc, else cc) into a
+per-user cache folder keyed by the source, compiler and flags, so a machine builds it once
+(about a second). Where there is no compiler, no x86-64 CPU with AVX-512, or the build fails,
+`row_product_kernel` returns None and callers keep their other path; the reason is logged.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .hardware import cpu_flags
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "rowdot.c"
+ABI_VERSION = 2
+FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno")
+# bf16 dot products read x in blocks of 32 values and keep it on the stack (rowdot.c).
+BF16_K_MULTIPLE = 32
+BF16_K_MAX = 32 * 1024
+
+RowProduct = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def cache_dir() -> Path:
+    """Where built libraries live: $GPTBIGCODE_LSP_CACHE, else $XDG_CACHE_HOME or ~/.cache."""
+    explicit = os.environ.get("GPTBIGCODE_LSP_CACHE")
+    if explicit:
+        return Path(explicit) / "native"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gptbigcode-lsp" / "native"
+
+
+def find_compiler() -> str | None:
+    for name in (os.environ.get("CC"), "gcc", "cc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def build_library(compiler: str, folder: Path) -> Path:
+    """Compile rowdot.c into folder (once per source/compiler/flags); return the .so path."""
+    source = SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             check=False).stdout.splitlines()[:1]
+    key = hashlib.sha256(source + repr((compiler, version, FLAGS)).encode()).hexdigest()[:16]
+    target = folder / f"rowdot-{key}.so"
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent servers never load a half-written file.
+    fd, partial = tempfile.mkstemp(prefix=".rowdot-", suffix=".so", dir=folder)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed on {SOURCE.name}: {result.stderr.strip()}")
+        os.replace(partial, target)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    return target
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded library, or None where it cannot be built or used on this machine."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        log.info("native row products: not an x86-64 CPU (%s)", platform.machine())
+        return None
+    if not {"avx512f", "avx512bw"} <= cpu_flags():
+        log.info("native row products: the CPU has no AVX-512")
+        return None
+    compiler = find_compiler()
+    if compiler is None:
+        log.info("native row products: no C compiler found ($CC, gcc, cc, clang)")
+        return None
+    try:
+        path = build_library(compiler, cache_dir())
+        # torch is imported, so its OpenMP runtime is loaded: the library binds to that one.
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError) as exc:
+        log.warning("native row products unavailable: %s", exc)
+        return None
+    if lib.rowdot_abi_version() != ABI_VERSION:
+        log.warning("native row products: %s has ABI %d, expected %d", path,
+                    lib.rowdot_abi_version(), ABI_VERSION)
+        return None
+    pointer, i64 = ctypes.c_void_p, ctypes.c_int64
+    for name in ("rowdot_bf16", "rowdot_f32"):
+        fn = getattr(lib, name)
+        fn.argtypes = [pointer, i64, pointer, pointer, pointer, i64, i64]
+        fn.restype = ctypes.c_int
+    lib.mqa_decode_bf16.argtypes = [pointer, pointer, pointer, i64, pointer, i64, i64, i64,
+                                    ctypes.c_float, pointer]
+    lib.mqa_decode_bf16.restype = ctypes.c_int
+    return lib
+
+
+def _caller(fn: Callable[..., int], dtype: torch.dtype) -> RowProduct:
+    def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                ) -> torch.Tensor:
+        n, k = weight.shape
+        y = torch.empty(n, dtype=dtype)
+        rc = fn(weight.data_ptr(), weight.stride(0), x.data_ptr(),
+                None if bias is None else bias.data_ptr(), y.data_ptr(), n, k)
+        if rc != 0:
+            raise ValueError(f"native row product refused a ({n}, {k}) weight")
+        return y
+    return product
+
+
+@functools.cache
+def row_product_kernel(dtype: torch.dtype) -> RowProduct | None:
+    """`f(x, weight, bias) -> weight @ x + bias` for one row of `dtype`, or None.
+
+    x: (K,) contiguous; weight: (N, K) with unit stride along K; bias: (N,) contiguous or
+    None; all of `dtype`, on the CPU. bf16 needs AVX512-BF16 and K a multiple of 32
+    (`supports`); fp32 needs AVX-512.
+    """
+    lib = library()
+    if lib is None:
+        return None
+    if dtype == torch.bfloat16 and "avx512_bf16" in cpu_flags():
+        return _caller(lib.rowdot_bf16, dtype)
+    if dtype == torch.float32:
+        return _caller(lib.rowdot_f32, dtype)
+    return None
+
+
+def supports(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the kernel for weight's dtype takes this weight and bias as they are."""
+    if weight.device.type != "cpu" or weight.dim() != 2 or weight.stride(1) != 1:
+        return False
+    if bias is not None and (bias.dtype != weight.dtype or not bias.is_contiguous()):
+        return False
+    if weight.dtype == torch.bfloat16:
+        k = weight.shape[1]
+        return k % BF16_K_MULTIPLE == 0 and k <= BF16_K_MAX
+    return weight.dtype == torch.float32
+
+
+# Head sizes the attention kernel has register layouts for (StarCoder-family models use both).
+ATTENTION_HEAD_DIMS = (64, 128)
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+@functools.cache
+def attention_kernel(head_dim: int) -> Attention | None:
+    """`f(q, k, v, scale) -> softmax(scale * q k^T) v` for one query token, or None.
+
+    q: (H, head_dim) contiguous; k, v: (S, head_dim) with unit stride along head_dim and one
+    row stride; all bf16 on the CPU, S >= 1. Returns (H, head_dim) bf16. Needs AVX512-BF16
+    and head_dim 64 or 128; softmax and the weighted sum run in fp32.
+    """
+    lib = library()
+    if lib is None or "avx512_bf16" not in cpu_flags() or head_dim not in ATTENTION_HEAD_DIMS:
+        return None
+    fn = lib.mqa_decode_bf16
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+               ) -> torch.Tensor:
+        heads, length = q.shape[0], k.shape[0]
+        if k.stride() != v.stride() or k.stride(1) != 1 or v.shape[0] != length:
+            raise ValueError("keys and values must share one row stride, unit along head_dim")
+        out = torch.empty(heads, head_dim, dtype=torch.bfloat16)
+        scratch = torch.empty(heads * (length + 1), dtype=torch.float32)
+        rc = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), out.data_ptr(), heads,
+                length, head_dim, scale, scratch.data_ptr())
+        if rc != 0:
+            raise ValueError(f"native attention refused head_dim {head_dim}, {length} positions")
+        return out
+
+    return attend

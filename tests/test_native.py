@@ -1,0 +1,170 @@
+"""The native one-row kernels (model/csrc/rowdot.c): equal to F.linear at the dtype's
+tolerance over awkward shapes, strides and thread counts; refuse what they cannot take;
+build once into the cache and report a failed build instead of raising."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import native
+
+pytestmark = pytest.mark.skipif(native.library() is None,
+                                reason="no x86-64 CPU with AVX-512 or no C compiler here")
+
+needs_bf16 = pytest.mark.skipif(native.row_product_kernel(torch.bfloat16) is None,
+                                reason="the CPU has no AVX512-BF16")
+
+
+def reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """The product in float64 from the same (rounded) inputs."""
+    return F.linear(x.double(), w.double(), None if b is None else b.double())
+
+
+@needs_bf16
+@pytest.mark.parametrize(("n", "k"), [(1, 32), (37, 64), (5, 96), (130, 768), (3, 3072)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bf16_product_is_the_rounded_exact_product(n: int, k: int, with_bias: bool) -> None:
+    g = torch.Generator().manual_seed(n * k)
+    w = torch.randn(n, k, generator=g).bfloat16()
+    x = torch.randn(k, generator=g).bfloat16()
+    b = torch.randn(n, generator=g).bfloat16() if with_bias else None
+    kernel = native.row_product_kernel(torch.bfloat16)
+    assert kernel is not None and native.supports(w, b)
+    got = kernel(x, w, b)
+    assert got.shape == (n,) and got.dtype == torch.bfloat16
+    exact = reference(x, w, b)
+    # fp32 accumulation, then one rounding to bf16: within a bf16 step of the exact value.
+    tolerance = exact.abs() * 2**-7 + 1e-3 * k**0.5
+    assert ((got.double() - exact).abs() <= tolerance).all()
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=0.02, atol=0.05)
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 50), (33, 64), (130, 768), (2, 3001)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fp32_product_matches_f_linear(n: int, k: int, with_bias: bool) -> None:
+    g = torch.Generator().manual_seed(n + k)
+    w, x = torch.randn(n, k, generator=g), torch.randn(k, generator=g)
+    b = torch.randn(n, generator=g) if with_bias else None
+    kernel = native.row_product_kernel(torch.float32)
+    assert kernel is not None
+    torch.testing.assert_close(kernel(x, w, b).double(), reference(x, w, b),
+                               rtol=1e-5, atol=1e-5 * k**0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_of_a_wider_matrix_and_two_threads(dtype: torch.dtype) -> None:
+    kernel = native.row_product_kernel(dtype)
+    if kernel is None:
+        pytest.skip(f"no native {dtype} kernel on this CPU")
+    big = torch.randn(300, 160).to(dtype)
+    w = big[:, 32:96]  # row stride 160, unit stride along K
+    x = torch.randn(64).to(dtype)
+    assert native.supports(w, None)
+    one = kernel(x, w, None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = kernel(x, w, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)  # each row is summed by one thread, in one order
+    torch.testing.assert_close(one.double(), reference(x, w.contiguous(), None),
+                               rtol=0.02, atol=0.05)
+
+
+def test_supports_refuses_what_the_kernels_cannot_read() -> None:
+    assert not native.supports(torch.randn(8, 16).t(), None)  # K not contiguous
+    assert not native.supports(torch.randn(8, 16), torch.randn(8).double())  # bias dtype
+    assert not native.supports(torch.randn(2, 8, 16), None)  # not a matrix
+    assert not native.supports(torch.randn(8, 48).bfloat16(), None)  # bf16 K % 32 != 0
+    assert native.supports(torch.randn(8, 48), None)  # fp32 takes any K
+    assert not native.supports(torch.randn(8, 64).half(), None)  # no fp16 kernel
+    assert native.row_product_kernel(torch.float16) is None
+
+
+@needs_bf16
+def test_the_bf16_kernel_refuses_a_k_it_cannot_take() -> None:
+    kernel = native.row_product_kernel(torch.bfloat16)
+    assert kernel is not None
+    with pytest.raises(ValueError, match=r"refused a \(4, 48\) weight"):
+        kernel(torch.ones(48).bfloat16(), torch.ones(4, 48).bfloat16(), None)
+
+
+def test_the_library_is_built_once_per_source_and_compiler(tmp_path: Path) -> None:
+    compiler = native.find_compiler()
+    assert compiler is not None
+    first = native.build_library(compiler, tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert native.build_library(compiler, tmp_path) == first
+    assert first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial files left
+
+
+def test_a_failing_compiler_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="false failed on rowdot.c"):
+        native.build_library("false", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_folder_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    monkeypatch.setenv("GPTBIGCODE_LSP_CACHE", str(tmp_path / "c"))
+    assert native.cache_dir() == tmp_path / "c" / "native"
+    monkeypatch.delenv("GPTBIGCODE_LSP_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert native.cache_dir() == tmp_path / "x" / "gptbigcode-lsp" / "native"
+
+
+# -- attention of one query token ----------------------------------------------------------
+
+needs_attention = pytest.mark.skipif(native.attention_kernel(64) is None,
+                                     reason="the CPU has no AVX512-BF16")
+
+
+@needs_attention
+@pytest.mark.parametrize(("heads", "head_dim"), [(12, 64), (13, 64), (4, 64), (16, 128),
+                                                 (7, 128), (48, 128)])
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 100, 600])
+def test_attention_matches_exact_attention(heads: int, head_dim: int, length: int) -> None:
+    g = torch.Generator().manual_seed(heads * length + head_dim)
+    kv = (torch.randn(2, length + 3, head_dim, generator=g) * 2).bfloat16()  # rows of a buffer
+    k, v = kv[0, :length], kv[1, :length]
+    q = (torch.randn(heads, head_dim, generator=g) * 2).bfloat16()
+    scale = head_dim**-0.5
+    attend = native.attention_kernel(head_dim)
+    assert attend is not None
+    got = attend(q, k, v, scale)
+    assert got.shape == (heads, head_dim) and got.dtype == torch.bfloat16
+    exact = F.scaled_dot_product_attention(q.double()[None, None], k.double()[None, None],
+                                           v.double()[None, None], scale=scale)[0, 0]
+    # fp32 throughout, one rounding to bf16 at the end
+    torch.testing.assert_close(got.double(), exact, rtol=2**-7, atol=2e-3)
+    sdpa = F.scaled_dot_product_attention(q[None, None], k[None, None], v[None, None],
+                                          scale=scale)[0, 0]
+    assert (got.double() - exact).abs().max() <= (sdpa.double() - exact).abs().max() + 2e-3
+
+
+@needs_attention
+def test_attention_with_a_dominant_key_and_two_threads() -> None:
+    k = torch.zeros(40, 64).bfloat16()
+    v = torch.arange(40 * 64, dtype=torch.float32).reshape(40, 64).div(64).bfloat16()
+    k[17] = 1.0
+    q = torch.full((3, 64), 8.0).bfloat16()  # score 512 * scale for key 17, 0 elsewhere
+    attend = native.attention_kernel(64)
+    assert attend is not None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = attend(q, k, v, 1.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got, v[17].expand(3, 64))  # exp underflows to 0 for the others
+
+
+def test_attention_is_offered_only_for_the_head_sizes_it_has_layouts_for() -> None:
+    assert native.attention_kernel(96) is None
+    assert native.attention_kernel(32) is None
