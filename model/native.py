@@ -34,11 +34,13 @@ from .hardware import cpu_flags
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "rowdot.c"
-ABI_VERSION = 2
+ABI_VERSION = 4
 FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno")
 # bf16 dot products read x in blocks of 32 values and keep it on the stack (rowdot.c).
 BF16_K_MULTIPLE = 32
 BF16_K_MAX = 32 * 1024
+Q8_BLOCK = 64  # activations quantised per block of this many values (rowdot_q8)
+OUT_OF_MEMORY = -2  # what a kernel returns when it cannot allocate its copy of x
 
 RowProduct = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -112,6 +114,10 @@ def library() -> ctypes.CDLL | None:
         fn = getattr(lib, name)
         fn.argtypes = [pointer, i64, pointer, pointer, pointer, i64, i64]
         fn.restype = ctypes.c_int
+    for name in ("rowdot_int8", "rowdot_q8"):
+        fn = getattr(lib, name)
+        fn.argtypes = [pointer, i64, pointer, pointer, pointer, pointer, i64, i64]
+        fn.restype = ctypes.c_int
     lib.mqa_decode_bf16.argtypes = [pointer, pointer, pointer, i64, pointer, i64, i64, i64,
                                     ctypes.c_float, pointer]
     lib.mqa_decode_bf16.restype = ctypes.c_int
@@ -125,6 +131,8 @@ def _caller(fn: Callable[..., int], dtype: torch.dtype) -> RowProduct:
         y = torch.empty(n, dtype=dtype)
         rc = fn(weight.data_ptr(), weight.stride(0), x.data_ptr(),
                 None if bias is None else bias.data_ptr(), y.data_ptr(), n, k)
+        if rc == OUT_OF_MEMORY:
+            raise MemoryError("native row product: out of memory")
         if rc != 0:
             raise ValueError(f"native row product refused a ({n}, {k}) weight")
         return y
@@ -159,6 +167,56 @@ def supports(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
         k = weight.shape[1]
         return k % BF16_K_MULTIPLE == 0 and k <= BF16_K_MAX
     return weight.dtype == torch.float32
+
+
+Int8RowProduct = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@functools.cache
+def int8_row_product_kernel(quantize_activations: bool = True) -> Int8RowProduct | None:
+    """`f(x, q, scales, bias) -> (q @ x) * scales + bias` for one bf16 row, or None.
+
+    q: (N, K) int8 with unit stride along K, K a multiple of 16 (`supports_int8`); x: (K,)
+    contiguous; scales, bias (or None): (N,) contiguous; all but q bf16, on the CPU.
+
+    With quantize_activations, on a CPU with AVX512-VNNI and K a multiple of 64, x is
+    quantised to int8 in blocks of 64 values (scale: the block's largest magnitude / 127, as
+    llama.cpp's q8_0) and the products run on int8 dot-product instructions, which read the
+    weights at the memory's speed. Otherwise x stays bf16, widened to fp32 with the weights:
+    exact, but compute-bound at about half that speed. Both accumulate in fp32 and round once.
+    """
+    lib = library()
+    if lib is None:
+        return None
+    exact, q8 = lib.rowdot_int8, lib.rowdot_q8
+    use_q8 = quantize_activations and "avx512_vnni" in cpu_flags()
+
+    def product(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+        n, k = q.shape
+        y = torch.empty(n, dtype=torch.bfloat16)
+        fn = q8 if use_q8 and k % Q8_BLOCK == 0 else exact
+        rc = fn(q.data_ptr(), q.stride(0), x.data_ptr(), scales.data_ptr(),
+                None if bias is None else bias.data_ptr(), y.data_ptr(), n, k)
+        if rc == OUT_OF_MEMORY:
+            raise MemoryError("native int8 row product: out of memory")
+        if rc != 0:
+            raise ValueError(f"native int8 row product refused a ({n}, {k}) weight")
+        return y
+
+    return product
+
+
+def supports_int8(q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the int8 kernel takes these tensors as they are."""
+    if q.device.type != "cpu" or q.dtype != torch.int8 or q.dim() != 2 or q.stride(1) != 1:
+        return False
+    if scales.dtype != torch.bfloat16 or not scales.is_contiguous():
+        return False
+    if bias is not None and (bias.dtype != torch.bfloat16 or not bias.is_contiguous()):
+        return False
+    return q.shape[1] % 16 == 0 and q.shape[1] <= BF16_K_MAX
 
 
 # Head sizes the attention kernel has register layouts for (StarCoder-family models use both).

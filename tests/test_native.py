@@ -168,3 +168,83 @@ def test_attention_with_a_dominant_key_and_two_threads() -> None:
 def test_attention_is_offered_only_for_the_head_sizes_it_has_layouts_for() -> None:
     assert native.attention_kernel(96) is None
     assert native.attention_kernel(32) is None
+
+
+# -- int8 weights ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 16), (37, 64), (130, 768), (5, 3072), (3, 80)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_int8_product_with_bf16_activations_is_the_dequantised_product(
+    n: int, k: int, with_bias: bool
+) -> None:
+    from model.quantize import quantize_rows
+
+    g = torch.Generator().manual_seed(n + 7 * k)
+    q, scales = quantize_rows(torch.randn(n, k, generator=g), torch.bfloat16)
+    x = torch.randn(k, generator=g).bfloat16()
+    b = torch.randn(n, generator=g).bfloat16() if with_bias else None
+    kernel = native.int8_row_product_kernel(quantize_activations=False)
+    assert kernel is not None and native.supports_int8(q, scales, b)
+    got = kernel(x, q, scales, b)
+    assert got.shape == (n,) and got.dtype == torch.bfloat16
+    exact = reference(x, q.double() * scales.double()[:, None], b)
+    tolerance = exact.abs() * 2**-7 + 1e-3 * k**0.5
+    assert ((got.double() - exact).abs() <= tolerance).all()
+
+
+def test_supports_int8_refuses_what_the_kernel_cannot_read() -> None:
+    q, s = torch.zeros(4, 32, dtype=torch.int8), torch.ones(4).bfloat16()
+    assert native.supports_int8(q, s, None)
+    assert not native.supports_int8(torch.zeros(4, 24, dtype=torch.int8), s, None)  # K % 16
+    assert not native.supports_int8(q, s.float(), None)  # scales dtype
+    assert not native.supports_int8(q, s, torch.ones(4))  # bias dtype
+    assert not native.supports_int8(torch.zeros(32, 4, dtype=torch.int8).t(), s, None)
+
+
+def quantize_blocks(x: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """x quantised to int8 per block as rowdot_q8 does, and back: max |x| / 127 scales."""
+    blocks = x.float().view(-1, block)
+    m = blocks.abs().amax(dim=1, keepdim=True)
+    inv = torch.where(m > 0, 127 / m, torch.zeros_like(m))
+    q = torch.round(blocks * inv).clamp(-127, 127)
+    return (q * (m / 127)).view(-1)
+
+
+@pytest.mark.skipif("avx512_vnni" not in native.cpu_flags(), reason="no AVX512-VNNI")
+@pytest.mark.parametrize(("n", "k"), [(1, 64), (37, 128), (130, 768), (5, 3072)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_q8_product_is_the_product_with_block_quantised_activations(
+    n: int, k: int, with_bias: bool
+) -> None:
+    from model.quantize import quantize_rows
+
+    g = torch.Generator().manual_seed(n + 3 * k)
+    q, scales = quantize_rows(torch.randn(n, k, generator=g), torch.bfloat16)
+    x = (torch.randn(k, generator=g) * torch.linspace(0.1, 4, k)).bfloat16()
+    x[5] = 0  # a zero and a block of zeros quantise to zeros
+    if k >= 128:
+        x[64:128] = 0
+    b = torch.randn(n, generator=g).bfloat16() if with_bias else None
+    kernel = native.int8_row_product_kernel(quantize_activations=True)
+    assert kernel is not None
+    got = kernel(x, q, scales, b)
+    w = q.double() * scales.double()[:, None]
+    expected = reference(quantize_blocks(x).double(), w, b)
+    tolerance = expected.abs() * 2**-7 + 1e-4 * k**0.5
+    assert ((got.double() - expected).abs() <= tolerance).all()
+    # and within the quantisation's bound of the product of the unquantised activations:
+    # each value moves by at most half a step (its block's largest magnitude / 254)
+    exact = reference(x, w, b)
+    half_step = x.double().view(-1, 64).abs().amax(dim=1).repeat_interleave(64) / 254
+    bound = w.abs() @ half_step + exact.abs() * 2**-7 + 1e-4 * k**0.5
+    assert ((got.double() - exact).abs() <= bound).all()
+
+
+@pytest.mark.skipif("avx512_vnni" not in native.cpu_flags(), reason="no AVX512-VNNI")
+def test_q8_falls_back_to_bf16_activations_where_k_is_not_a_multiple_of_64() -> None:
+    q = torch.randint(-127, 128, (3, 80), dtype=torch.int8)
+    scales, x = torch.ones(3).bfloat16(), torch.randn(80).bfloat16()
+    q8, exact = (native.int8_row_product_kernel(flag) for flag in (True, False))
+    assert q8 is not None and exact is not None
+    assert torch.equal(q8(x, q, scales, None), exact(x, q, scales, None))

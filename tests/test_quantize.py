@@ -156,7 +156,10 @@ def test_quantised_greedy_generate_matches_unquantised_on_most_prompts() -> None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_quantised_cached_decode_equals_its_full_forward(dtype: torch.dtype) -> None:
+def test_quantised_cached_decode_equals_its_full_forward(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Int8Linear, "quantize_activations", False)  # bf16 x in the steps too
     _, quantised = model_pair(True, dtype)
     ids = random_ids(1, 16)
     cache = KVCache(quantised.config, 1, capacity=16, dtype=dtype)
@@ -233,3 +236,19 @@ def test_quantise_works_on_a_classification_model_and_rejects_its_missing_lm_hea
 def test_quantise_rejects_a_module_that_is_not_gptbigcode() -> None:
     with pytest.raises(TypeError, match="needs a GPTBigCode model.*got Linear"):
         quantize_int8(nn.Linear(4, 4))
+
+
+def test_quantised_activations_in_decode_steps_stay_close_to_the_full_forward() -> None:
+    # One-row steps quantise x to int8 per block of 64 where the CPU has AVX512-VNNI; the
+    # full forward keeps it in bf16. Same tokens, logits within the quantisation's reach.
+    _, quantised = model_pair(True, torch.bfloat16)
+    ids = random_ids(1, 16)
+    cache = KVCache(quantised.config, 1, capacity=16, dtype=torch.bfloat16)
+    with torch.no_grad():
+        full = quantised(ids).logits
+        steps = [quantised(ids[:, :12], past_key_values=cache, use_cache=True).logits]
+        for t in range(12, 16):
+            steps.append(quantised(ids[:, t : t + 1], past_key_values=cache).logits)
+    stepped = torch.cat(steps, dim=1)
+    assert relative_error(stepped, full) < 0.03
+    assert torch.equal(stepped.argmax(-1), full.argmax(-1))

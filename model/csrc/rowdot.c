@@ -19,12 +19,13 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16,fma")))
 #define AVX512 __attribute__((target("avx512f,avx512bw,fma")))
 
-int rowdot_abi_version(void) { return 2; }
+int rowdot_abi_version(void) { return 4; }
 
 /* fp32 -> bf16 with round-to-nearest-even; NaN stays NaN (as torch converts). */
 static inline uint16_t to_bf16(float f) {
@@ -62,18 +63,22 @@ AVX512_BF16 static inline float dot_bf16(const uint16_t *w, const __m512bh *xv, 
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
-/* k must be a multiple of 32 and at most 32 * 1024; returns 0, or -1 when it is not. */
+/* k must be a multiple of 32 and at most 32 * 1024; returns 0, -1 when it is not, -2
+ * when memory runs out. */
 AVX512_BF16 int rowdot_bf16(const uint16_t *w, int64_t ldw, const uint16_t *x,
                             const uint16_t *bias, uint16_t *y, int64_t n, int64_t k) {
     if (k % 32 != 0 || k > 32 * 1024) return -1;
     const int64_t kv = k / 32;
-    __m512bh xv[1024];
+    /* x once, aligned, off the stack (the caller may be a thread with a small one) */
+    __m512bh *xv = aligned_alloc(64, (size_t)kv * sizeof(__m512bh));
+    if (!xv) return -2;
     for (int64_t i = 0; i < kv; i++) xv[i] = (__m512bh)_mm512_loadu_si512(x + 32 * i);
 #pragma omp parallel for schedule(static)
     for (int64_t row = 0; row < n; row++) {
         float v = dot_bf16(w + row * ldw, xv, kv);
         y[row] = to_bf16(bias ? v + from_bf16(bias[row]) : v);
     }
+    free(xv);
     return 0;
 }
 
@@ -105,6 +110,109 @@ AVX512 int rowdot_f32(const float *w, int64_t ldw, const float *x, const float *
         float v = dot_f32(w + row * ldw, x, k);
         y[row] = bias ? v + bias[row] : v;
     }
+    return 0;
+}
+
+/* ---- int8 weights with one scale per row, bf16 activations ------------------------------ */
+
+AVX512 static inline float dot_int8(const int8_t *w, const float *x, int64_t k) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t i = 0;
+#define WIDEN(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+    for (; i + 64 <= k; i += 64) {
+        a0 = _mm512_fmadd_ps(WIDEN(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(WIDEN(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(WIDEN(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(WIDEN(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i < k; i += 16) a0 = _mm512_fmadd_ps(WIDEN(w + i), _mm512_loadu_ps(x + i), a0);
+#undef WIDEN
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+/* y = (W x) * scales + bias with W int8, the rest bf16; k must be a multiple of 16 and at
+ * most 32 * 1024; returns 0, -1 when it is not, -2 when memory runs out. The int8 values
+ * are exact in fp32, so this is the dequantised product, accumulated in fp32 and rounded
+ * once. */
+AVX512 int rowdot_int8(const int8_t *w, int64_t ldw, const uint16_t *x, const uint16_t *scales,
+                       const uint16_t *bias, uint16_t *y, int64_t n, int64_t k) {
+    if (k % 16 != 0 || k > 32 * 1024) return -1;
+    float *xf = aligned_alloc(64, (size_t)(k + 16) * sizeof(float));
+    if (!xf) return -2;
+    for (int64_t i = 0; i < k; i++) xf[i] = from_bf16(x[i]);
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < n; row++) {
+        float v = dot_int8(w + row * ldw, xf, k) * from_bf16(scales[row]);
+        y[row] = to_bf16(bias ? v + from_bf16(bias[row]) : v);
+    }
+    free(xf);
+    return 0;
+}
+
+/* ---- int8 weights, activations quantised to int8 in blocks of 64: AVX512-VNNI ----------- */
+
+#define AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni,fma")))
+#define QBLOCK 64
+
+/* sum over the row of sx[b] * (xq . w) for blocks b of 64, with xu = xq + 128 as unsigned
+ * bytes: vpdpbusd multiplies unsigned by signed bytes, and 128 * sum(w) is taken off with a
+ * second vpdpbusd on a vector of 128s. */
+AVX512_VNNI static inline float dot_q8(const int8_t *w, const uint8_t *xu, const float *sx,
+                                       int64_t blocks) {
+    const __m512i c128 = _mm512_set1_epi8((char)0x80);
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+        __m512i w0 = _mm512_loadu_si512(w + QBLOCK * b), w1 = _mm512_loadu_si512(w + QBLOCK * (b + 1));
+        __m512i x0 = _mm512_loadu_si512(xu + QBLOCK * b), x1 = _mm512_loadu_si512(xu + QBLOCK * (b + 1));
+        __m512i d0 = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), x0, w0),
+                                      _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, w0));
+        __m512i d1 = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), x1, w1),
+                                      _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, w1));
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_set1_ps(sx[b]), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_set1_ps(sx[b + 1]), a1);
+    }
+    for (; b < blocks; b++) {
+        __m512i w0 = _mm512_loadu_si512(w + QBLOCK * b), x0 = _mm512_loadu_si512(xu + QBLOCK * b);
+        __m512i d0 = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), x0, w0),
+                                      _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, w0));
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_set1_ps(sx[b]), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+/* y = (W x) * scales + bias with W int8 and x quantised to int8 per block of 64 values
+ * (scale = the block's largest magnitude / 127, as llama.cpp's q8_0 does with blocks of
+ * 32); the rest bf16. k must be a multiple of 64 and at most 32 * 1024; returns 0, -1 when
+ * it is not, -2 when memory runs out. */
+AVX512_VNNI int rowdot_q8(const int8_t *w, int64_t ldw, const uint16_t *x, const uint16_t *scales,
+                          const uint16_t *bias, uint16_t *y, int64_t n, int64_t k) {
+    if (k % QBLOCK != 0 || k > 32 * 1024) return -1;
+    const int64_t blocks = k / QBLOCK;
+    uint8_t *xu = aligned_alloc(64, (size_t)k + (((size_t)blocks * sizeof(float) + 63) / 64) * 64);
+    if (!xu) return -2;
+    float *sx = (float *)(xu + k);
+    for (int64_t b = 0; b < blocks; b++) {
+        float m = 0.0f;
+        for (int i = 0; i < QBLOCK; i++) {
+            float v = from_bf16(x[QBLOCK * b + i]);
+            m = fabsf(v) > m ? fabsf(v) : m;
+        }
+        float scale = m / 127.0f, inv = m > 0.0f ? 127.0f / m : 0.0f;
+        sx[b] = scale;
+        for (int i = 0; i < QBLOCK; i++) {
+            float q = nearbyintf(from_bf16(x[QBLOCK * b + i]) * inv);
+            q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+            xu[QBLOCK * b + i] = (uint8_t)((int)q + 128);
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < n; row++) {
+        float v = dot_q8(w + row * ldw, xu, sx, blocks) * from_bf16(scales[row]);
+        y[row] = to_bf16(bias ? v + from_bf16(bias[row]) : v);
+    }
+    free(xu);
     return 0;
 }
 
