@@ -34,13 +34,25 @@ from .hardware import cpu_flags
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "rowdot.c"
-ABI_VERSION = 4
+ABI_VERSION = 5
 FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno")
 # bf16 dot products read x in blocks of 32 values and keep it on the stack (rowdot.c).
 BF16_K_MULTIPLE = 32
 BF16_K_MAX = 32 * 1024
 Q8_BLOCK = 64  # activations quantised per block of this many values (rowdot_q8)
 OUT_OF_MEMORY = -2  # what a kernel returns when it cannot allocate its copy of x
+
+BLOCK_TENSORS = ("ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w", "proj_b",
+                 "ln2_w", "ln2_b", "fc_w", "fc_b", "out_w", "out_b")
+
+
+class BlockParams(ctypes.Structure):
+    """rowdot.c's block_bf16: one block's bf16 parameters and its matrices' row strides."""
+
+    _fields_ = [*((name, ctypes.c_void_p) for name in BLOCK_TENSORS),
+                *((name, ctypes.c_int64) for name in ("ld_attn", "ld_proj", "ld_fc", "ld_out")),
+                ("eps1", ctypes.c_float), ("eps2", ctypes.c_float)]
+
 
 RowProduct = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -121,6 +133,11 @@ def library() -> ctypes.CDLL | None:
     lib.mqa_decode_bf16.argtypes = [pointer, pointer, pointer, i64, pointer, i64, i64, i64,
                                     ctypes.c_float, pointer]
     lib.mqa_decode_bf16.restype = ctypes.c_int
+    lib.decode_block_bf16.argtypes = [ctypes.POINTER(BlockParams), pointer, pointer, pointer,
+                                      i64, i64, i64, i64, i64, ctypes.c_float, pointer]
+    lib.decode_block_bf16.restype = ctypes.c_int
+    lib.decode_block_work_bytes.argtypes = [i64, i64, i64, i64]
+    lib.decode_block_work_bytes.restype = i64
     return lib
 
 
@@ -251,3 +268,56 @@ def attention_kernel(head_dim: int) -> Attention | None:
         return out
 
     return attend
+
+
+class BlockKernel:
+    """One GPTBigCode block of a bf16 decode step in one native call (rowdot.c's
+    decode_block_bf16): layer norms, the four products, the token's K/V row, attention,
+    GELU-tanh and both residual adds, rounding to bf16 wherever torch's path rounds."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._run = lib.decode_block_bf16
+        self._work_bytes = lib.decode_block_work_bytes
+
+    @staticmethod
+    def params(tensors: dict[str, torch.Tensor | None], eps1: float, eps2: float
+               ) -> BlockParams | None:
+        """The struct for one block, or None where a tensor is not as the kernel reads it
+        (bf16 on the CPU, vectors contiguous, matrices with unit stride along their rows)."""
+        values: dict[str, object] = {}
+        for name in BLOCK_TENSORS:
+            t = tensors[name]
+            if t is None and name.endswith("_b"):
+                values[name] = None
+                continue
+            if t is None or t.dtype != torch.bfloat16 or t.device.type != "cpu":
+                return None
+            if name.endswith("_w") and not name.startswith("ln"):  # a matrix
+                if t.dim() != 2 or t.stride(1) != 1:
+                    return None
+                values["ld_" + name[:-2]] = t.stride(0)
+            elif not t.is_contiguous():
+                return None
+            values[name] = t.data_ptr()
+        return BlockParams(**values, eps1=eps1, eps2=eps2)
+
+    def work_bytes(self, heads: int, head_dim: int, inner: int, positions: int) -> int:
+        return int(self._work_bytes(heads, head_dim, inner, positions))
+
+    def __call__(self, params: BlockParams, x: torch.Tensor, k_rows: int, v_rows: int,
+                 row_stride: int, past: int, heads: int, head_dim: int, inner: int,
+                 scale: float, work: torch.Tensor) -> None:
+        rc = self._run(ctypes.byref(params), x.data_ptr(), k_rows, v_rows, row_stride, past,
+                       heads, head_dim, inner, scale, work.data_ptr())
+        if rc != 0:
+            raise ValueError(f"native decode block refused heads={heads}, "
+                             f"head_dim={head_dim}, inner={inner}")
+
+
+@functools.cache
+def block_kernel() -> BlockKernel | None:
+    """The fused bf16 decode block, where the CPU has AVX512-BF16, or None."""
+    lib = library()
+    if lib is None or "avx512_bf16" not in cpu_flags():
+        return None
+    return BlockKernel(lib)

@@ -5,6 +5,8 @@ general path."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -165,3 +167,69 @@ def test_the_single_token_step_checks_what_the_general_path_checks() -> None:
             model(torch.tensor([[1]]), past_key_values=KVCache(model.config, 1, 8,
                                                                  dtype=torch.bfloat16))
     assert kv.length == 3  # nothing written by the refused steps
+
+
+# -- the fused native block (bf16, head_dim 64 or 128) --------------------------------------
+
+
+def starcoder_like(n_embd: int, n_head: int) -> GPTBigCodeForCausalLM:
+    torch.manual_seed(1)
+    config = GPTBigCodeConfig(vocab_size=300, n_positions=96, n_embd=n_embd, n_layer=3,
+                              n_head=n_head, multi_query=True, resid_pdrop=0.0,
+                              embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.1)
+    return GPTBigCodeForCausalLM(config).eval().to(torch.bfloat16)
+
+
+@pytest.mark.parametrize(("n_embd", "n_head"), [(128, 2), (384, 6), (256, 2)])
+def test_fused_native_blocks_give_the_plain_paths_logits_and_tokens(
+    n_embd: int, n_head: int
+) -> None:
+    from model import native
+
+    if native.block_kernel() is None:
+        pytest.skip("no AVX512-BF16 native kernels here")
+    model = starcoder_like(n_embd, n_head)
+    ids = torch.randint(0, 300, (1, 40), generator=torch.Generator().manual_seed(n_embd))
+
+    def step(m: GPTBigCodeForCausalLM) -> tuple[torch.Tensor, KVCache]:
+        with torch.inference_mode():
+            kv = KVCache(m.config, 1, 96, dtype=m.dtype)
+            m(ids, past_key_values=kv)
+            return m(ids[:, -1:], past_key_values=kv).logits.float(), kv
+
+    exact, _ = step(copy.deepcopy(model).float())  # the same bf16 weights, computed in fp32
+    plain_tokens = model.generate(ids, max_new_tokens=24)
+    plain, plain_kv = step(model)
+    fast_decode(model)
+    assert model.transformer.native_blocks() is not None  # the fused kernel applies
+    fast_tokens = model.generate(ids, max_new_tokens=24)
+    fused, kv = step(model)
+    # as close to the fp32 result as torch's own bf16 path is, give or take a rounding
+    assert (fused - exact).abs().max() <= 1.5 * (plain - exact).abs().max() + 0.02
+    torch.testing.assert_close(fused, plain, rtol=0.05, atol=0.08)
+    assert kv.length == plain_kv.length == 41
+    # the step's key and value in the first block, written by the kernel, as the plain path
+    # wrote them (deeper blocks drift apart by bf16 roundings, as the logits above show)
+    torch.testing.assert_close(kv.buffer[0, :, :, :, 40].float(),
+                               plain_kv.buffer[0, :, :, :, 40].float(), rtol=0.02, atol=0.02)
+    assert torch.equal(fast_tokens, plain_tokens)
+
+
+def test_fused_blocks_are_rebuilt_after_the_model_moves_and_skip_other_cases() -> None:
+    from model import native
+
+    if native.block_kernel() is None:
+        pytest.skip("no AVX512-BF16 native kernels here")
+    model = fast_decode(starcoder_like(128, 2))
+    backbone = model.transformer
+    first = backbone.native_blocks()
+    assert first is not None and len(first) == 3
+    model.float()  # fp32: no fused blocks
+    assert backbone.native_blocks() is None
+    model.to(torch.bfloat16)
+    again = backbone.native_blocks()
+    assert again is not None and again[0].attn_w == backbone.h[0].attn.c_attn.weight.data_ptr()
+    plain = starcoder_like(128, 2)  # no fast_decode: plain PyTorch, no native kernels
+    assert plain.transformer.native_blocks() is None
+    odd = fast_decode(tiny(True))  # head_dim 16: no layout for it
+    assert odd.transformer.native_blocks() is None

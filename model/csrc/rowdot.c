@@ -25,7 +25,7 @@
 #define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16,fma")))
 #define AVX512 __attribute__((target("avx512f,avx512bw,fma")))
 
-int rowdot_abi_version(void) { return 4; }
+int rowdot_abi_version(void) { return 5; }
 
 /* fp32 -> bf16 with round-to-nearest-even; NaN stays NaN (as torch converts). */
 static inline uint16_t to_bf16(float f) {
@@ -63,6 +63,16 @@ AVX512_BF16 static inline float dot_bf16(const uint16_t *w, const __m512bh *xv, 
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
+/* y = W x + b for bf16 W (n, kv * 32), x as kv vectors of 32 bf16, rows split among threads. */
+AVX512_BF16 static void matvec_bf16(const uint16_t *w, int64_t ldw, const __m512bh *xv, int64_t kv,
+                                    const uint16_t *bias, uint16_t *y, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < n; row++) {
+        float v = dot_bf16(w + row * ldw, xv, kv);
+        y[row] = to_bf16(bias ? v + from_bf16(bias[row]) : v);
+    }
+}
+
 /* k must be a multiple of 32 and at most 32 * 1024; returns 0, -1 when it is not, -2
  * when memory runs out. */
 AVX512_BF16 int rowdot_bf16(const uint16_t *w, int64_t ldw, const uint16_t *x,
@@ -73,11 +83,7 @@ AVX512_BF16 int rowdot_bf16(const uint16_t *w, int64_t ldw, const uint16_t *x,
     __m512bh *xv = aligned_alloc(64, (size_t)kv * sizeof(__m512bh));
     if (!xv) return -2;
     for (int64_t i = 0; i < kv; i++) xv[i] = (__m512bh)_mm512_loadu_si512(x + 32 * i);
-#pragma omp parallel for schedule(static)
-    for (int64_t row = 0; row < n; row++) {
-        float v = dot_bf16(w + row * ldw, xv, kv);
-        y[row] = to_bf16(bias ? v + from_bf16(bias[row]) : v);
-    }
+    matvec_bf16(w, ldw, xv, kv, bias, y, n);
     free(xv);
     return 0;
 }
@@ -218,9 +224,9 @@ AVX512_VNNI int rowdot_q8(const int8_t *w, int64_t ldw, const uint16_t *x, const
 
 /* ---- multi-query attention of one query token, bf16 K/V ------------------------------- */
 
-/* exp(x) for x <= 0 (softmax after subtracting the maximum): 2^n * p(r), x = n ln2 + r,
- * |r| <= ln2 / 2, p a degree-6 Taylor polynomial (relative error below 2e-7). */
-AVX512 static inline __m512 exp_nonpositive(__m512 x) {
+/* exp(x) for x <= 88: 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, p a degree-6 Taylor
+ * polynomial (relative error below 2e-7). */
+AVX512 static inline __m512 exp512(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f)); /* below this exp underflows to 0 */
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -298,13 +304,13 @@ AVX512 static float softmax_numerators(float *e, int64_t s) {
     for (; i < s; i++) m = e[i] > m ? e[i] : m;
     __m512 vm = _mm512_set1_ps(m), total = _mm512_setzero_ps();
     for (i = 0; i + 16 <= s; i += 16) {
-        __m512 v = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(e + i), vm));
+        __m512 v = exp512(_mm512_sub_ps(_mm512_loadu_ps(e + i), vm));
         _mm512_storeu_ps(e + i, v);
         total = _mm512_add_ps(total, v);
     }
     if (i < s) {
         __mmask16 mask = (__mmask16)((1u << (s - i)) - 1u);
-        __m512 v = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, e + i), vm));
+        __m512 v = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, e + i), vm));
         _mm512_mask_storeu_ps(e + i, mask, v);
         total = _mm512_add_ps(total, _mm512_maskz_mov_ps(mask, v));
     }
@@ -344,14 +350,12 @@ DEFINE_WEIGHTED_SUM(weighted_sum_128x1, 8, 1)
  * key/value head (multi-query): out[h] = softmax(scale * q[h] . K^T) V, all (., d) bf16,
  * K and V rows ldkv elements apart; scratch holds heads * s floats and heads floats more.
  * d must be 64 or 128 and heads at most 48; returns 0, or -1 (nothing written) otherwise. */
-AVX512_BF16 int mqa_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                                int64_t ldkv, uint16_t *out, int64_t heads, int64_t s,
-                                int64_t d, float scale, float *scratch) {
-    if ((d != 64 && d != 128) || s <= 0 || heads <= 0) return -1;
+AVX512_BF16 static void mqa_core(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                 int64_t ldkv, uint16_t *out, int64_t heads, int64_t s,
+                                 int64_t d, float scale, float *scratch) {
     float *e = scratch, *sums = scratch + heads * s;
     const int64_t dv32 = d / 32, blocks = (s + 15) / 16;
     __m512bh qv[48 * 4];
-    if (heads > 48) return -1;
     for (int64_t i = 0; i < heads * dv32; i++)
         qv[i] = (__m512bh)_mm512_loadu_si512(q + 32 * i);
 #pragma omp parallel for schedule(static)
@@ -377,5 +381,116 @@ AVX512_BF16 int mqa_decode_bf16(const uint16_t *q, const uint16_t *k, const uint
             weighted_sum_128x1(e + h * s, s, sums + h, v, ldkv, s, out + h * d);
         }
     }
+}
+
+AVX512_BF16 int mqa_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                int64_t ldkv, uint16_t *out, int64_t heads, int64_t s,
+                                int64_t d, float scale, float *scratch) {
+    if ((d != 64 && d != 128) || s <= 0 || heads <= 0 || heads > 48) return -1;
+    mqa_core(q, k, v, ldkv, out, heads, s, d, scale, scratch);
     return 0;
+}
+
+/* ---- one transformer block of a decode step, bf16 --------------------------------------- */
+
+/* out = layer_norm(x) * w + b over c values (a multiple of 16), in fp32, rounded once. */
+AVX512 static void layer_norm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *b,
+                                   float eps, uint16_t *out, int64_t c) {
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < c; i += 16) sum = _mm512_add_ps(sum, bf16x16_to_f32(x + i));
+    const float mean = _mm512_reduce_add_ps(sum) / (float)c;
+    const __m512 vmean = _mm512_set1_ps(mean);
+    __m512 sq = _mm512_setzero_ps();
+    for (int64_t i = 0; i < c; i += 16) {
+        __m512 dx = _mm512_sub_ps(bf16x16_to_f32(x + i), vmean);
+        sq = _mm512_fmadd_ps(dx, dx, sq);
+    }
+    const __m512 rstd = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sq) / (float)c + eps));
+    for (int64_t i = 0; i < c; i += 16) {
+        __m512 y = _mm512_mul_ps(_mm512_sub_ps(bf16x16_to_f32(x + i), vmean), rstd);
+        y = _mm512_mul_ps(y, bf16x16_to_f32(w + i));
+        if (b) y = _mm512_add_ps(y, bf16x16_to_f32(b + i));
+        float f[16];
+        _mm512_storeu_ps(f, y);
+        for (int j = 0; j < 16; j++) out[i + j] = to_bf16(f[j]);
+    }
+}
+
+/* GELU, tanh approximation, in fp32 and rounded once, in place over n (a multiple of 16). */
+AVX512 static void gelu_tanh_bf16(uint16_t *x, int64_t n) {
+    const __m512 k0 = _mm512_set1_ps(0.7978845608028654f), k1 = _mm512_set1_ps(0.044715f);
+    const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
+    const __m512 lim = _mm512_set1_ps(9.0f), nlim = _mm512_set1_ps(-9.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        __m512 v = bf16x16_to_f32(x + i);
+        __m512 z = _mm512_mul_ps(k0, _mm512_fmadd_ps(_mm512_mul_ps(k1, v), _mm512_mul_ps(v, v), v));
+        z = _mm512_min_ps(_mm512_max_ps(z, nlim), lim); /* tanh is +-1 in fp32 beyond */
+        __m512 e = exp512(_mm512_add_ps(z, z));
+        __m512 t = _mm512_div_ps(_mm512_sub_ps(e, one), _mm512_add_ps(e, one));
+        __m512 y = _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, t));
+        float f[16];
+        _mm512_storeu_ps(f, y);
+        for (int j = 0; j < 16; j++) x[i + j] = to_bf16(f[j]);
+    }
+}
+
+/* x += a, both bf16, rounded once per value (as torch adds two bf16 tensors). */
+static void add_bf16(uint16_t *x, const uint16_t *a, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = to_bf16(from_bf16(x[i]) + from_bf16(a[i]));
+}
+
+/* A block's parameters (bf16; biases may be NULL) and the row strides of its matrices. */
+typedef struct {
+    const uint16_t *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
+    const uint16_t *ln2_w, *ln2_b, *fc_w, *fc_b, *out_w, *out_b;
+    int64_t ld_attn, ld_proj, ld_fc, ld_out;
+    float eps1, eps2;
+} block_bf16;
+
+static inline uint16_t *carve(unsigned char **cursor, int64_t values) {
+    uint16_t *p = (uint16_t *)*cursor;
+    *cursor += ((values * 2 + 63) / 64) * 64;
+    return p;
+}
+
+/* One GPTBigCode block (pre-norm, multi-query attention, GELU-tanh MLP) for one token at
+ * position `past`, in place on the residual x (c values): every rounding where torch's bf16
+ * path rounds. The token's key and value go to row `past` of k_cache / v_cache (rows ldkv
+ * apart), which must hold rows [0, past) already. work: 64-byte aligned, at least
+ * decode_block_work_bytes(...) bytes. c = heads * d, d 64 or 128, heads <= 48, c and inner
+ * multiples of 32; returns 0, or -1 (nothing written) otherwise. */
+AVX512_BF16 int decode_block_bf16(const block_bf16 *p, uint16_t *x, uint16_t *k_cache,
+                                  uint16_t *v_cache, int64_t ldkv, int64_t past, int64_t heads,
+                                  int64_t d, int64_t inner, float scale, void *work) {
+    const int64_t c = heads * d;
+    if ((d != 64 && d != 128) || heads <= 0 || heads > 48 || inner % 32 != 0 || past < 0)
+        return -1;
+    unsigned char *cursor = work;
+    uint16_t *h = carve(&cursor, c), *qkv = carve(&cursor, c + 2 * d);
+    uint16_t *y = carve(&cursor, c), *f = carve(&cursor, inner), *a = carve(&cursor, c);
+    float *scratch = (float *)cursor;
+
+    layer_norm_bf16(x, p->ln1_w, p->ln1_b, p->eps1, h, c);
+    matvec_bf16(p->attn_w, p->ld_attn, (const __m512bh *)h, c / 32, p->attn_b, qkv, c + 2 * d);
+    memcpy(k_cache + past * ldkv, qkv + c, (size_t)d * 2);
+    memcpy(v_cache + past * ldkv, qkv + c + d, (size_t)d * 2);
+    mqa_core(qkv, k_cache, v_cache, ldkv, y, heads, past + 1, d, scale, scratch);
+    matvec_bf16(p->proj_w, p->ld_proj, (const __m512bh *)y, c / 32, p->proj_b, a, c);
+    add_bf16(x, a, c);
+
+    layer_norm_bf16(x, p->ln2_w, p->ln2_b, p->eps2, h, c);
+    matvec_bf16(p->fc_w, p->ld_fc, (const __m512bh *)h, c / 32, p->fc_b, f, inner);
+    gelu_tanh_bf16(f, inner);
+    matvec_bf16(p->out_w, p->ld_out, (const __m512bh *)f, inner / 32, p->out_b, a, c);
+    add_bf16(x, a, c);
+    return 0;
+}
+
+/* Bytes of work decode_block_bf16 needs for these sizes and up to `positions` positions. */
+int64_t decode_block_work_bytes(int64_t heads, int64_t d, int64_t inner, int64_t positions) {
+    const int64_t c = heads * d;
+    int64_t bf16_values[] = {c, c + 2 * d, c, inner, c};
+    int64_t total = 0;
+    for (int i = 0; i < 5; i++) total += ((bf16_values[i] * 2 + 63) / 64) * 64;
+    return total + (heads * (positions + 1)) * (int64_t)sizeof(float);
 }
