@@ -640,7 +640,8 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
         cfg = self.config
         C, H, D = cfg.n_embd, cfg.n_head, cfg.head_dim
         kv = cache.buffer[:, :, 0, 0]  # (L, 2, capacity, D)
-        attend = native.attention_kernel(D) if self.uses_native_kernels() else None
+        native_bf16 = self.uses_native_kernels() and x.dtype == torch.bfloat16
+        attend = native.attention_kernel(D) if native_bf16 else None
         for i, module in enumerate(self.h):
             block = cast(GPTBigCodeBlock, module)
             attn = block.attn
@@ -664,13 +665,13 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
         return x
 
     def uses_native_kernels(self) -> bool:
-        """Whether fast_decode put this model's products on the native kernels (bf16 CPU
-        weights): then its decode steps use the native attention and fused blocks too."""
+        """Whether fast_decode put this model's products on the native kernels (bf16 or fp32
+        CPU weights): then its decode steps use the fused blocks (or attention) too."""
         from .fastpath import DecodeLinear
 
         first = cast(GPTBigCodeBlock, self.h[0]).attn.c_attn
         return (isinstance(first, DecodeLinear) and first.use_native
-                and first.weight.dtype == torch.bfloat16)
+                and first.weight.dtype in (torch.bfloat16, torch.float32))
 
     def native_blocks(self) -> list[native.BlockParams] | None:
         """Per block, the fused native kernel's parameters, or None where it does not apply.
@@ -681,7 +682,7 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
         if cached is not None:
             return cached or None
         found: list[native.BlockParams] = []
-        kernel = native.block_kernel()
+        kernel = native.block_kernel(self.wte.weight.dtype)
         cfg = self.config
         if (kernel is not None and cfg.activation_function == "gelu_pytorch_tanh"
                 and cfg.head_dim in native.ATTENTION_HEAD_DIMS and cfg.n_head <= 48
@@ -717,7 +718,7 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
                           cache: KVCache, past: int) -> torch.Tensor:
         """decode_one's blocks, one native call each; x (1, 1, C) -> (1, 1, C)."""
         cfg = self.config
-        kernel = native.block_kernel()
+        kernel = native.block_kernel(x.dtype)
         assert kernel is not None
         work = self.__dict__.get("_native_work")
         if work is None:

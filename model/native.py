@@ -34,7 +34,7 @@ from .hardware import cpu_flags
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "rowdot.c"
-ABI_VERSION = 5
+ABI_VERSION = 6
 FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno")
 # bf16 dot products read x in blocks of 32 values and keep it on the stack (rowdot.c).
 BF16_K_MULTIPLE = 32
@@ -47,7 +47,8 @@ BLOCK_TENSORS = ("ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w", "proj_b",
 
 
 class BlockParams(ctypes.Structure):
-    """rowdot.c's block_bf16: one block's bf16 parameters and its matrices' row strides."""
+    """rowdot.c's block_bf16: one block's parameters (all bf16 or all fp32) and its
+    matrices' row strides."""
 
     _fields_ = [*((name, ctypes.c_void_p) for name in BLOCK_TENSORS),
                 *((name, ctypes.c_int64) for name in ("ld_attn", "ld_proj", "ld_fc", "ld_out")),
@@ -133,9 +134,11 @@ def library() -> ctypes.CDLL | None:
     lib.mqa_decode_bf16.argtypes = [pointer, pointer, pointer, i64, pointer, i64, i64, i64,
                                     ctypes.c_float, pointer]
     lib.mqa_decode_bf16.restype = ctypes.c_int
-    lib.decode_block_bf16.argtypes = [ctypes.POINTER(BlockParams), pointer, pointer, pointer,
-                                      i64, i64, i64, i64, i64, ctypes.c_float, pointer]
-    lib.decode_block_bf16.restype = ctypes.c_int
+    for name in ("decode_block_bf16", "decode_block_f32"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.POINTER(BlockParams), pointer, pointer, pointer, i64, i64, i64,
+                       i64, i64, ctypes.c_float, pointer]
+        fn.restype = ctypes.c_int
     lib.decode_block_work_bytes.argtypes = [i64, i64, i64, i64]
     lib.decode_block_work_bytes.restype = i64
     return lib
@@ -271,26 +274,28 @@ def attention_kernel(head_dim: int) -> Attention | None:
 
 
 class BlockKernel:
-    """One GPTBigCode block of a bf16 decode step in one native call (rowdot.c's
-    decode_block_bf16): layer norms, the four products, the token's K/V row, attention,
-    GELU-tanh and both residual adds, rounding to bf16 wherever torch's path rounds."""
+    """One GPTBigCode block of a decode step in one native call (rowdot.c's
+    decode_block_bf16 / decode_block_f32): layer norms, the four products, the token's K/V
+    row, attention, GELU-tanh and both residual adds; in bf16 it rounds wherever torch's
+    bf16 path rounds."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._run = lib.decode_block_bf16
+    def __init__(self, lib: ctypes.CDLL, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self._run = lib.decode_block_bf16 if dtype == torch.bfloat16 else lib.decode_block_f32
         self._work_bytes = lib.decode_block_work_bytes
 
-    @staticmethod
-    def params(tensors: dict[str, torch.Tensor | None], eps1: float, eps2: float
+    def params(self, tensors: dict[str, torch.Tensor | None], eps1: float, eps2: float
                ) -> BlockParams | None:
         """The struct for one block, or None where a tensor is not as the kernel reads it
-        (bf16 on the CPU, vectors contiguous, matrices with unit stride along their rows)."""
+        (of the kernel's dtype on the CPU, vectors contiguous, matrices with unit stride
+        along their rows)."""
         values: dict[str, object] = {}
         for name in BLOCK_TENSORS:
             t = tensors[name]
             if t is None and name.endswith("_b"):
                 values[name] = None
                 continue
-            if t is None or t.dtype != torch.bfloat16 or t.device.type != "cpu":
+            if t is None or t.dtype != self.dtype or t.device.type != "cpu":
                 return None
             if name.endswith("_w") and not name.startswith("ln"):  # a matrix
                 if t.dim() != 2 or t.stride(1) != 1:
@@ -315,9 +320,11 @@ class BlockKernel:
 
 
 @functools.cache
-def block_kernel() -> BlockKernel | None:
-    """The fused bf16 decode block, where the CPU has AVX512-BF16, or None."""
+def block_kernel(dtype: torch.dtype) -> BlockKernel | None:
+    """The fused decode block for bf16 (needs AVX512-BF16) or fp32 (AVX-512), or None."""
     lib = library()
-    if lib is None or "avx512_bf16" not in cpu_flags():
+    if lib is None or dtype not in (torch.bfloat16, torch.float32):
         return None
-    return BlockKernel(lib)
+    if dtype == torch.bfloat16 and "avx512_bf16" not in cpu_flags():
+        return None
+    return BlockKernel(lib, dtype)

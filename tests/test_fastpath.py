@@ -186,7 +186,7 @@ def test_fused_native_blocks_give_the_plain_paths_logits_and_tokens(
 ) -> None:
     from model import native
 
-    if native.block_kernel() is None:
+    if native.block_kernel(torch.bfloat16) is None:
         pytest.skip("no AVX512-BF16 native kernels here")
     model = starcoder_like(n_embd, n_head)
     ids = torch.randint(0, 300, (1, 40), generator=torch.Generator().manual_seed(n_embd))
@@ -218,13 +218,16 @@ def test_fused_native_blocks_give_the_plain_paths_logits_and_tokens(
 def test_fused_blocks_are_rebuilt_after_the_model_moves_and_skip_other_cases() -> None:
     from model import native
 
-    if native.block_kernel() is None:
+    if native.block_kernel(torch.bfloat16) is None:
         pytest.skip("no AVX512-BF16 native kernels here")
     model = fast_decode(starcoder_like(128, 2))
     backbone = model.transformer
     first = backbone.native_blocks()
     assert first is not None and len(first) == 3
-    model.float()  # fp32: no fused blocks
+    model.float()  # fp32: fused fp32 blocks on the fp32 parameters
+    as_fp32 = backbone.native_blocks()
+    assert as_fp32 is not None and as_fp32[0].attn_w == backbone.h[0].attn.c_attn.weight.data_ptr()
+    model.half()  # no fp16 kernels
     assert backbone.native_blocks() is None
     model.to(torch.bfloat16)
     again = backbone.native_blocks()
@@ -233,3 +236,27 @@ def test_fused_blocks_are_rebuilt_after_the_model_moves_and_skip_other_cases() -
     assert plain.transformer.native_blocks() is None
     odd = fast_decode(tiny(True))  # head_dim 16: no layout for it
     assert odd.transformer.native_blocks() is None
+
+
+def test_fused_fp32_blocks_match_the_plain_fp32_path() -> None:
+    from model import native
+
+    if native.block_kernel(torch.float32) is None:
+        pytest.skip("no AVX-512 native kernels here")
+    model = starcoder_like(256, 2).float()
+    ids = torch.randint(0, 300, (1, 30), generator=torch.Generator().manual_seed(5))
+    plain_tokens = model.generate(ids, max_new_tokens=20)
+    with torch.inference_mode():
+        plain_kv = KVCache(model.config, 1, 96)
+        model(ids, past_key_values=plain_kv)
+        plain = model(ids[:, -1:], past_key_values=plain_kv).logits
+    fast_decode(model)
+    assert model.transformer.native_blocks() is not None
+    with torch.inference_mode():
+        kv = KVCache(model.config, 1, 96)
+        model(ids, past_key_values=kv)
+        fused = model(ids[:, -1:], past_key_values=kv).logits
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(kv.buffer[:, :, :, :, :31], plain_kv.buffer[:, :, :, :, :31],
+                               rtol=1e-4, atol=1e-4)
+    assert torch.equal(model.generate(ids, max_new_tokens=20), plain_tokens)

@@ -25,7 +25,7 @@
 #define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16,fma")))
 #define AVX512 __attribute__((target("avx512f,avx512bw,fma")))
 
-int rowdot_abi_version(void) { return 5; }
+int rowdot_abi_version(void) { return 6; }
 
 /* fp32 -> bf16 with round-to-nearest-even; NaN stays NaN (as torch converts). */
 static inline uint16_t to_bf16(float f) {
@@ -317,39 +317,96 @@ AVX512 static float softmax_numerators(float *e, int64_t s) {
     return _mm512_reduce_add_ps(total);
 }
 
+AVX512 static inline void store16_bf16(uint16_t *out, __m512 v) {
+    float f[16];
+    _mm512_storeu_ps(f, v);
+    for (int j = 0; j < 16; j++) out[j] = to_bf16(f[j]);
+}
+
+AVX512 static inline void store16_f32(float *out, __m512 v) { _mm512_storeu_ps(out, v); }
+
+AVX512 static inline __m512 f32x16(const float *p) { return _mm512_loadu_ps(p); }
+
 /* out[g] = sum_t e[g][t] v_t / sums[g] for G heads at once, DV = head_dim / 16 fp32
- * vectors per head: G * DV accumulators stay in registers while V streams once. */
-#define DEFINE_WEIGHTED_SUM(NAME, DV, G)                                                      \
-    AVX512 static void NAME(const float *e, int64_t lde, const float *sums,                   \
-                            const uint16_t *v, int64_t ldv, int64_t s, uint16_t *out) {       \
+ * vectors per head: G * DV accumulators stay in registers while V streams once. T is the
+ * type of V and out, LOAD16 widens 16 of them to fp32, STORE16 narrows back. */
+#define DEFINE_WEIGHTED_SUM(NAME, T, LOAD16, STORE16, DV, G)                                 \
+    AVX512 static void NAME(const float *e, int64_t lde, const float *sums, const T *v,       \
+                            int64_t ldv, int64_t s, T *out) {                                 \
         __m512 acc[G][DV];                                                                    \
         for (int g = 0; g < G; g++)                                                           \
             for (int c = 0; c < DV; c++) acc[g][c] = _mm512_setzero_ps();                     \
         for (int64_t t = 0; t < s; t++) {                                                     \
             __m512 vf[DV];                                                                    \
-            for (int c = 0; c < DV; c++) vf[c] = bf16x16_to_f32(v + t * ldv + 16 * c);        \
+            for (int c = 0; c < DV; c++) vf[c] = LOAD16(v + t * ldv + 16 * c);                \
             for (int g = 0; g < G; g++) {                                                     \
                 __m512 w = _mm512_set1_ps(e[g * lde + t]);                                    \
                 for (int c = 0; c < DV; c++) acc[g][c] = _mm512_fmadd_ps(w, vf[c], acc[g][c]); \
             }                                                                                 \
         }                                                                                     \
         for (int g = 0; g < G; g++) {                                                         \
-            float f[16 * DV];                                                                 \
             __m512 inv = _mm512_set1_ps(1.0f / sums[g]);                                      \
-            for (int c = 0; c < DV; c++) _mm512_storeu_ps(f + 16 * c, _mm512_mul_ps(acc[g][c], inv)); \
-            for (int d = 0; d < 16 * DV; d++) out[g * 16 * DV + d] = to_bf16(f[d]);           \
+            for (int c = 0; c < DV; c++)                                                      \
+                STORE16(out + g * 16 * DV + 16 * c, _mm512_mul_ps(acc[g][c], inv));           \
         }                                                                                     \
     }
 
-DEFINE_WEIGHTED_SUM(weighted_sum_64x6, 4, 6)
-DEFINE_WEIGHTED_SUM(weighted_sum_64x1, 4, 1)
-DEFINE_WEIGHTED_SUM(weighted_sum_128x3, 8, 3)
-DEFINE_WEIGHTED_SUM(weighted_sum_128x1, 8, 1)
+DEFINE_WEIGHTED_SUM(weighted_sum_64x6, uint16_t, bf16x16_to_f32, store16_bf16, 4, 6)
+DEFINE_WEIGHTED_SUM(weighted_sum_64x1, uint16_t, bf16x16_to_f32, store16_bf16, 4, 1)
+DEFINE_WEIGHTED_SUM(weighted_sum_128x3, uint16_t, bf16x16_to_f32, store16_bf16, 8, 3)
+DEFINE_WEIGHTED_SUM(weighted_sum_128x1, uint16_t, bf16x16_to_f32, store16_bf16, 8, 1)
+DEFINE_WEIGHTED_SUM(weighted_sum_f32_64x6, float, f32x16, store16_f32, 4, 6)
+DEFINE_WEIGHTED_SUM(weighted_sum_f32_64x1, float, f32x16, store16_f32, 4, 1)
+DEFINE_WEIGHTED_SUM(weighted_sum_f32_128x3, float, f32x16, store16_f32, 8, 3)
+DEFINE_WEIGHTED_SUM(weighted_sum_f32_128x1, float, f32x16, store16_f32, 8, 1)
+
+/* Raw fp32 scores, as block_scores computes them for bf16: q is heads * d floats. */
+AVX512 static void block_scores_f32(const float *q, int64_t heads, int64_t d, const float *k,
+                                    int64_t ldk, int64_t t0, int64_t n, float scale, float *e,
+                                    int64_t lde) {
+    for (int64_t h = 0; h < heads; h++) {
+        const float *qh = q + h * d;
+        __m512 acc[16];
+        for (int64_t j = 0; j < n; j++) {
+            const float *row = k + (t0 + j) * ldk;
+            __m512 a = _mm512_setzero_ps();
+            for (int64_t i = 0; i < d; i += 16)
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(row + i), _mm512_loadu_ps(qh + i), a);
+            acc[j] = a;
+        }
+        if (n == 16) {
+            _mm512_storeu_ps(e + h * lde + t0, _mm512_mul_ps(sum16(acc), _mm512_set1_ps(scale)));
+        } else {
+            for (int64_t j = 0; j < n; j++) e[h * lde + t0 + j] = _mm512_reduce_add_ps(acc[j]) * scale;
+        }
+    }
+}
 
 /* Attention of one query token with `heads` heads over s cached positions that share one
  * key/value head (multi-query): out[h] = softmax(scale * q[h] . K^T) V, all (., d) bf16,
  * K and V rows ldkv elements apart; scratch holds heads * s floats and heads floats more.
  * d must be 64 or 128 and heads at most 48; returns 0, or -1 (nothing written) otherwise. */
+/* The weighted sums of every head: groups of `group` heads where they fill one, single heads
+ * for the rest. */
+#define WEIGHTED_SUMS(SUFFIX)                                                                 \
+    do {                                                                                      \
+        const int64_t group = d == 64 ? 6 : 3, full = heads / group;                          \
+        _Pragma("omp parallel for schedule(static)")                                          \
+        for (int64_t h = 0; h < heads; h++) {                                                 \
+            if (h < full * group) {                                                           \
+                if (h % group != 0) continue;                                                 \
+                if (d == 64)                                                                  \
+                    weighted_sum##SUFFIX##64x6(e + h * s, s, sums + h, v, ldkv, s, out + h * d); \
+                else                                                                          \
+                    weighted_sum##SUFFIX##128x3(e + h * s, s, sums + h, v, ldkv, s, out + h * d); \
+            } else if (d == 64) {                                                             \
+                weighted_sum##SUFFIX##64x1(e + h * s, s, sums + h, v, ldkv, s, out + h * d);  \
+            } else {                                                                          \
+                weighted_sum##SUFFIX##128x1(e + h * s, s, sums + h, v, ldkv, s, out + h * d); \
+            }                                                                                 \
+        }                                                                                     \
+    } while (0)
+
 AVX512_BF16 static void mqa_core(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                                  int64_t ldkv, uint16_t *out, int64_t heads, int64_t s,
                                  int64_t d, float scale, float *scratch) {
@@ -365,22 +422,22 @@ AVX512_BF16 static void mqa_core(const uint16_t *q, const uint16_t *k, const uin
     }
 #pragma omp parallel for schedule(static)
     for (int64_t h = 0; h < heads; h++) sums[h] = softmax_numerators(e + h * s, s);
-    const int64_t group = d == 64 ? 6 : 3, full = heads / group;
+    WEIGHTED_SUMS(_);
+}
+
+AVX512 static void mqa_core_f32(const float *q, const float *k, const float *v, int64_t ldkv,
+                                float *out, int64_t heads, int64_t s, int64_t d, float scale,
+                                float *scratch) {
+    float *e = scratch, *sums = scratch + heads * s;
+    const int64_t blocks = (s + 15) / 16;
 #pragma omp parallel for schedule(static)
-    for (int64_t h = 0; h < heads; h++) {
-        /* Groups of `group` heads where they fill one, single heads for the rest. */
-        if (h < full * group) {
-            if (h % group != 0) continue;
-            if (d == 64)
-                weighted_sum_64x6(e + h * s, s, sums + h, v, ldkv, s, out + h * d);
-            else
-                weighted_sum_128x3(e + h * s, s, sums + h, v, ldkv, s, out + h * d);
-        } else if (d == 64) {
-            weighted_sum_64x1(e + h * s, s, sums + h, v, ldkv, s, out + h * d);
-        } else {
-            weighted_sum_128x1(e + h * s, s, sums + h, v, ldkv, s, out + h * d);
-        }
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t t0 = 16 * b, n = s - t0 < 16 ? s - t0 : 16;
+        block_scores_f32(q, heads, d, k, ldkv, t0, n, scale, e, s);
     }
+#pragma omp parallel for schedule(static)
+    for (int64_t h = 0; h < heads; h++) sums[h] = softmax_numerators(e + h * s, s);
+    WEIGHTED_SUMS(_f32_);
 }
 
 AVX512_BF16 int mqa_decode_bf16(const uint16_t *q, const uint16_t *k, const uint16_t *v,
@@ -393,56 +450,75 @@ AVX512_BF16 int mqa_decode_bf16(const uint16_t *q, const uint16_t *k, const uint
 
 /* ---- one transformer block of a decode step, bf16 --------------------------------------- */
 
-/* out = layer_norm(x) * w + b over c values (a multiple of 16), in fp32, rounded once. */
-AVX512 static void layer_norm_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *b,
-                                   float eps, uint16_t *out, int64_t c) {
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t i = 0; i < c; i += 16) sum = _mm512_add_ps(sum, bf16x16_to_f32(x + i));
-    const float mean = _mm512_reduce_add_ps(sum) / (float)c;
-    const __m512 vmean = _mm512_set1_ps(mean);
-    __m512 sq = _mm512_setzero_ps();
-    for (int64_t i = 0; i < c; i += 16) {
-        __m512 dx = _mm512_sub_ps(bf16x16_to_f32(x + i), vmean);
-        sq = _mm512_fmadd_ps(dx, dx, sq);
+/* out = layer_norm(x) * w + b over c values (a multiple of 16), in fp32, stored as T. */
+#define DEFINE_LAYER_NORM(NAME, T, LOAD16, STORE16)                                           \
+    AVX512 static void NAME(const T *x, const T *w, const T *b, float eps, T *out,            \
+                            int64_t c) {                                                      \
+        __m512 sum = _mm512_setzero_ps();                                                     \
+        for (int64_t i = 0; i < c; i += 16) sum = _mm512_add_ps(sum, LOAD16(x + i));          \
+        const __m512 vmean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / (float)c);            \
+        __m512 sq = _mm512_setzero_ps();                                                      \
+        for (int64_t i = 0; i < c; i += 16) {                                                 \
+            __m512 dx = _mm512_sub_ps(LOAD16(x + i), vmean);                                  \
+            sq = _mm512_fmadd_ps(dx, dx, sq);                                                 \
+        }                                                                                     \
+        const __m512 rstd =                                                                   \
+            _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sq) / (float)c + eps));          \
+        for (int64_t i = 0; i < c; i += 16) {                                                 \
+            __m512 y = _mm512_mul_ps(_mm512_sub_ps(LOAD16(x + i), vmean), rstd);              \
+            y = _mm512_mul_ps(y, LOAD16(w + i));                                              \
+            if (b) y = _mm512_add_ps(y, LOAD16(b + i));                                       \
+            STORE16(out + i, y);                                                              \
+        }                                                                                     \
     }
-    const __m512 rstd = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sq) / (float)c + eps));
-    for (int64_t i = 0; i < c; i += 16) {
-        __m512 y = _mm512_mul_ps(_mm512_sub_ps(bf16x16_to_f32(x + i), vmean), rstd);
-        y = _mm512_mul_ps(y, bf16x16_to_f32(w + i));
-        if (b) y = _mm512_add_ps(y, bf16x16_to_f32(b + i));
-        float f[16];
-        _mm512_storeu_ps(f, y);
-        for (int j = 0; j < 16; j++) out[i + j] = to_bf16(f[j]);
-    }
-}
 
-/* GELU, tanh approximation, in fp32 and rounded once, in place over n (a multiple of 16). */
-AVX512 static void gelu_tanh_bf16(uint16_t *x, int64_t n) {
-    const __m512 k0 = _mm512_set1_ps(0.7978845608028654f), k1 = _mm512_set1_ps(0.044715f);
-    const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
-    const __m512 lim = _mm512_set1_ps(9.0f), nlim = _mm512_set1_ps(-9.0f);
-    for (int64_t i = 0; i < n; i += 16) {
-        __m512 v = bf16x16_to_f32(x + i);
-        __m512 z = _mm512_mul_ps(k0, _mm512_fmadd_ps(_mm512_mul_ps(k1, v), _mm512_mul_ps(v, v), v));
-        z = _mm512_min_ps(_mm512_max_ps(z, nlim), lim); /* tanh is +-1 in fp32 beyond */
-        __m512 e = exp512(_mm512_add_ps(z, z));
-        __m512 t = _mm512_div_ps(_mm512_sub_ps(e, one), _mm512_add_ps(e, one));
-        __m512 y = _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, t));
-        float f[16];
-        _mm512_storeu_ps(f, y);
-        for (int j = 0; j < 16; j++) x[i + j] = to_bf16(f[j]);
+DEFINE_LAYER_NORM(layer_norm_bf16, uint16_t, bf16x16_to_f32, store16_bf16)
+DEFINE_LAYER_NORM(layer_norm_f32, float, f32x16, store16_f32)
+
+/* GELU, tanh approximation, in fp32, in place over n values (a multiple of 16) of type T. */
+#define DEFINE_GELU_TANH(NAME, T, LOAD16, STORE16)                                            \
+    AVX512 static void NAME(T *x, int64_t n) {                                                \
+        const __m512 k0 = _mm512_set1_ps(0.7978845608028654f), k1 = _mm512_set1_ps(0.044715f); \
+        const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);                 \
+        const __m512 lim = _mm512_set1_ps(9.0f), nlim = _mm512_set1_ps(-9.0f);                \
+        for (int64_t i = 0; i < n; i += 16) {                                                 \
+            __m512 v = LOAD16(x + i);                                                         \
+            __m512 z = _mm512_mul_ps(k0, _mm512_fmadd_ps(_mm512_mul_ps(k1, v),                \
+                                                         _mm512_mul_ps(v, v), v));            \
+            z = _mm512_min_ps(_mm512_max_ps(z, nlim), lim); /* tanh is +-1 in fp32 beyond */ \
+            __m512 e = exp512(_mm512_add_ps(z, z));                                           \
+            __m512 t = _mm512_div_ps(_mm512_sub_ps(e, one), _mm512_add_ps(e, one));           \
+            STORE16(x + i, _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, t)));     \
+        }                                                                                     \
     }
-}
+
+DEFINE_GELU_TANH(gelu_tanh_bf16, uint16_t, bf16x16_to_f32, store16_bf16)
+DEFINE_GELU_TANH(gelu_tanh_f32, float, f32x16, store16_f32)
 
 /* x += a, both bf16, rounded once per value (as torch adds two bf16 tensors). */
 static void add_bf16(uint16_t *x, const uint16_t *a, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = to_bf16(from_bf16(x[i]) + from_bf16(a[i]));
 }
 
-/* A block's parameters (bf16; biases may be NULL) and the row strides of its matrices. */
+static void add_f32(float *x, const float *a, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] += a[i];
+}
+
+/* y = W x + b for fp32 W (n, k), rows split among threads. */
+AVX512 static void matvec_f32(const float *w, int64_t ldw, const float *x, int64_t k,
+                              const float *bias, float *y, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < n; row++) {
+        float v = dot_f32(w + row * ldw, x, k);
+        y[row] = bias ? v + bias[row] : v;
+    }
+}
+
+/* A block's parameters (all bf16 or all fp32; biases may be NULL) and the row strides of
+ * its matrices. */
 typedef struct {
-    const uint16_t *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
-    const uint16_t *ln2_w, *ln2_b, *fc_w, *fc_b, *out_w, *out_b;
+    const void *ln1_w, *ln1_b, *attn_w, *attn_b, *proj_w, *proj_b;
+    const void *ln2_w, *ln2_b, *fc_w, *fc_b, *out_w, *out_b;
     int64_t ld_attn, ld_proj, ld_fc, ld_out;
     float eps1, eps2;
 } block_bf16;
@@ -486,11 +562,44 @@ AVX512_BF16 int decode_block_bf16(const block_bf16 *p, uint16_t *x, uint16_t *k_
     return 0;
 }
 
-/* Bytes of work decode_block_bf16 needs for these sizes and up to `positions` positions. */
+/* decode_block_bf16 for fp32 parameters (the struct's pointers are then to floats),
+ * computing as torch's fp32 path does. */
+AVX512 int decode_block_f32(const block_bf16 *p, float *x, float *k_cache, float *v_cache,
+                            int64_t ldkv, int64_t past, int64_t heads, int64_t d, int64_t inner,
+                            float scale, void *work) {
+    const int64_t c = heads * d;
+    if ((d != 64 && d != 128) || heads <= 0 || heads > 48 || inner % 32 != 0 || past < 0)
+        return -1;
+    unsigned char *cursor = work;
+    /* carve counts 2-byte values: twice as many for floats */
+    float *h = (float *)carve(&cursor, 2 * c), *qkv = (float *)carve(&cursor, 2 * (c + 2 * d));
+    float *y = (float *)carve(&cursor, 2 * c), *f = (float *)carve(&cursor, 2 * inner);
+    float *a = (float *)carve(&cursor, 2 * c);
+    float *scratch = (float *)cursor;
+#define F(name) ((const float *)p->name)
+    layer_norm_f32(x, F(ln1_w), F(ln1_b), p->eps1, h, c);
+    matvec_f32(F(attn_w), p->ld_attn, h, c, F(attn_b), qkv, c + 2 * d);
+    memcpy(k_cache + past * ldkv, qkv + c, (size_t)d * sizeof(float));
+    memcpy(v_cache + past * ldkv, qkv + c + d, (size_t)d * sizeof(float));
+    mqa_core_f32(qkv, k_cache, v_cache, ldkv, y, heads, past + 1, d, scale, scratch);
+    matvec_f32(F(proj_w), p->ld_proj, y, c, F(proj_b), a, c);
+    add_f32(x, a, c);
+
+    layer_norm_f32(x, F(ln2_w), F(ln2_b), p->eps2, h, c);
+    matvec_f32(F(fc_w), p->ld_fc, h, c, F(fc_b), f, inner);
+    gelu_tanh_f32(f, inner);
+    matvec_f32(F(out_w), p->ld_out, f, inner, F(out_b), a, c);
+    add_f32(x, a, c);
+#undef F
+    return 0;
+}
+
+/* Bytes of work decode_block_bf16 and decode_block_f32 need for these sizes and up to
+ * `positions` positions. */
 int64_t decode_block_work_bytes(int64_t heads, int64_t d, int64_t inner, int64_t positions) {
     const int64_t c = heads * d;
-    int64_t bf16_values[] = {c, c + 2 * d, c, inner, c};
+    int64_t values[] = {c, c + 2 * d, c, inner, c}; /* as floats: room for either type */
     int64_t total = 0;
-    for (int i = 0; i < 5; i++) total += ((bf16_values[i] * 2 + 63) / 64) * 64;
+    for (int i = 0; i < 5; i++) total += ((values[i] * 4 + 63) / 64) * 64;
     return total + (heads * (positions + 1)) * (int64_t)sizeof(float);
 }
