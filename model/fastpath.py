@@ -13,8 +13,9 @@ how fast the weights stream from memory. torch's one-row matmul streams them at 
 
 `fast_decode(model)` turns the blocks' Linear layers and lm_head into `DecodeLinear`s in
 place (the same parameters, so tied weights stay tied): inputs of one row on the CPU with
-gradients and autocast off go to a faster kernel, everything else (prefill, batches,
-training, other devices, mixed dtypes) through F.linear as before. With the native kernels
+gradients and autocast off go to a faster kernel (in bf16, up to 8 rows: a keystroke that
+retokenises into a few tokens), everything else (prefill, batches, training, other devices,
+mixed dtypes) through F.linear as before. With the native kernels
 on bf16 weights, the model's one-token steps (GPTBigCodeModel.decode_one) also run each
 block as one fused native call: layer norms, products, attention and GELU without a trip
 through Python per operation.
@@ -73,8 +74,12 @@ class DecodeLinear(nn.Linear):
     _native: native.RowProduct | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.numel() == x.shape[-1] and x.device.type == "cpu" and x.dtype == self.weight.dtype
-                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")):
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        if (0 < rows <= native.MAX_ROWS and x.device.type == "cpu"
+                and x.dtype == self.weight.dtype and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled("cpu")):
+            if rows > 1:
+                return self.few_rows(x, rows)
             kernel = self.native_kernel() if self.use_native else None
             if kernel is not None:
                 out = kernel(x.reshape(-1).contiguous(), self.weight, self.bias)  # (N,)
@@ -84,6 +89,14 @@ class DecodeLinear(nn.Linear):
                 if compiled is not None:
                     return compiled.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
+
+    def few_rows(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """2 to native.MAX_ROWS rows: the bf16 native kernel that streams the weights once."""
+        kernel = native.rows_product_kernel() if self.use_native else None
+        if kernel is None or self.native_kernel() is None or x.dtype != torch.bfloat16:
+            return F.linear(x, self.weight, self.bias)
+        out = kernel(x.reshape(rows, -1).contiguous(), self.weight, self.bias)  # (M, N)
+        return out.view(*x.shape[:-1], self.out_features)
 
     def native_kernel(self) -> native.RowProduct | None:
         """The native kernel for this weight, chosen again when its dtype or storage changes."""

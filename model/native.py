@@ -34,7 +34,7 @@ from .hardware import cpu_flags
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "rowdot.c"
-ABI_VERSION = 6
+ABI_VERSION = 7
 FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno")
 # bf16 dot products read x in blocks of 32 values and keep it on the stack (rowdot.c).
 BF16_K_MULTIPLE = 32
@@ -127,6 +127,8 @@ def library() -> ctypes.CDLL | None:
         fn = getattr(lib, name)
         fn.argtypes = [pointer, i64, pointer, pointer, pointer, i64, i64]
         fn.restype = ctypes.c_int
+    lib.rowdot_bf16_rows.argtypes = [pointer, i64, pointer, pointer, pointer, i64, i64, i64]
+    lib.rowdot_bf16_rows.restype = ctypes.c_int
     for name in ("rowdot_int8", "rowdot_q8"):
         fn = getattr(lib, name)
         fn.argtypes = [pointer, i64, pointer, pointer, pointer, pointer, i64, i64]
@@ -175,6 +177,36 @@ def row_product_kernel(dtype: torch.dtype) -> RowProduct | None:
     if dtype == torch.float32:
         return _caller(lib.rowdot_f32, dtype)
     return None
+
+
+MAX_ROWS = 8  # rows_product_kernel takes this many rows at most
+
+
+@functools.cache
+def rows_product_kernel() -> RowProduct | None:
+    """`f(x, weight, bias) -> x @ weight.T + bias` for 1 to MAX_ROWS bf16 rows, or None.
+
+    x: (M, K) contiguous; weight, bias as for row_product_kernel's bf16 kernel. The weights
+    stream once for all M rows (a keystroke that retokenises into a few tokens).
+    """
+    lib = library()
+    if lib is None or "avx512_bf16" not in cpu_flags():
+        return None
+    fn = lib.rowdot_bf16_rows
+
+    def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                ) -> torch.Tensor:
+        (n, k), m = weight.shape, x.shape[0]
+        y = torch.empty(m, n, dtype=torch.bfloat16)
+        rc = fn(weight.data_ptr(), weight.stride(0), x.data_ptr(),
+                None if bias is None else bias.data_ptr(), y.data_ptr(), n, k, m)
+        if rc == OUT_OF_MEMORY:
+            raise MemoryError("native row product: out of memory")
+        if rc != 0:
+            raise ValueError(f"native row product refused {m} rows of a ({n}, {k}) weight")
+        return y
+
+    return product
 
 
 def supports(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:

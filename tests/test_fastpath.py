@@ -102,10 +102,10 @@ def test_prefill_training_and_mixed_dtypes_stay_on_f_linear(
 
     monkeypatch.setattr("model.fastpath.F.linear", counting_linear)
     model = fast_decode(tiny(True), **settings)
-    ids = torch.randint(0, 160, (1, 6))
+    ids = torch.randint(0, 160, (1, 12))
     products = 4 * 2 + 1
     with torch.inference_mode():
-        model(ids)  # prefill: many rows
+        model(ids)  # prefill: more rows than the few-row kernel takes
     assert len(calls) == products
     model(ids[:, :1])  # gradients enabled: training keeps autograd through F.linear
     assert len(calls) == 2 * products
@@ -260,3 +260,24 @@ def test_fused_fp32_blocks_match_the_plain_fp32_path() -> None:
     torch.testing.assert_close(kv.buffer[:, :, :, :, :31], plain_kv.buffer[:, :, :, :, :31],
                                rtol=1e-4, atol=1e-4)
     assert torch.equal(model.generate(ids, max_new_tokens=20), plain_tokens)
+
+
+@pytest.mark.parametrize("rows", [2, 3, 8])
+def test_a_few_rows_go_to_the_native_kernel_and_match_f_linear(
+    rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model import native
+
+    if native.rows_product_kernel() is None:
+        pytest.skip("no AVX512-BF16 native kernels here")
+    layer = torch.nn.Linear(96, 40).to(torch.bfloat16)
+    x = torch.randn(1, rows, 96, dtype=torch.bfloat16)
+    expected = F.linear(x, layer.weight, layer.bias)
+    layer.__class__ = DecodeLinear
+    monkeypatch.setattr("model.fastpath.F.linear", None)  # any F.linear call would fail
+    with torch.inference_mode():
+        got = layer(x)
+    assert got.shape == (1, rows, 40)
+    reference = x.double() @ layer.weight.double().T + layer.bias.double()
+    assert ((got.double() - reference).abs() <= reference.abs() * 2**-7 + 0.01).all()
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0.02, atol=0.02)

@@ -25,7 +25,7 @@
 #define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16,fma")))
 #define AVX512 __attribute__((target("avx512f,avx512bw,fma")))
 
-int rowdot_abi_version(void) { return 6; }
+int rowdot_abi_version(void) { return 7; }
 
 /* fp32 -> bf16 with round-to-nearest-even; NaN stays NaN (as torch converts). */
 static inline uint16_t to_bf16(float f) {
@@ -84,6 +84,33 @@ AVX512_BF16 int rowdot_bf16(const uint16_t *w, int64_t ldw, const uint16_t *x,
     if (!xv) return -2;
     for (int64_t i = 0; i < kv; i++) xv[i] = (__m512bh)_mm512_loadu_si512(x + 32 * i);
     matvec_bf16(w, ldw, xv, kv, bias, y, n);
+    free(xv);
+    return 0;
+}
+
+/* Y = X W^T + b for a few rows of X (m <= 8, bf16, each row k values, a multiple of 32):
+ * the weights stream once for all the rows. y is m rows of n. Returns 0, -1 for a shape it
+ * does not take, -2 when memory runs out. */
+AVX512_BF16 int rowdot_bf16_rows(const uint16_t *w, int64_t ldw, const uint16_t *x,
+                                 const uint16_t *bias, uint16_t *y, int64_t n, int64_t k,
+                                 int64_t m) {
+    if (k % 32 != 0 || k > 32 * 1024 || m < 1 || m > 8) return -1;
+    const int64_t kv = k / 32;
+    __m512bh *xv = aligned_alloc(64, (size_t)(m * kv) * sizeof(__m512bh));
+    if (!xv) return -2;
+    for (int64_t i = 0; i < m * kv; i++) xv[i] = (__m512bh)_mm512_loadu_si512(x + 32 * i);
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < n; row++) {
+        const uint16_t *wr = w + row * ldw;
+        __m512 acc[8];
+        for (int64_t r = 0; r < m; r++) acc[r] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < kv; i++) {
+            __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + 32 * i);
+            for (int64_t r = 0; r < m; r++) acc[r] = _mm512_dpbf16_ps(acc[r], wv, xv[r * kv + i]);
+        }
+        const float b = bias ? from_bf16(bias[row]) : 0.0f;
+        for (int64_t r = 0; r < m; r++) y[r * n + row] = to_bf16(_mm512_reduce_add_ps(acc[r]) + b);
+    }
     free(xv);
     return 0;
 }
