@@ -599,9 +599,9 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
 
         The general path's Python work per layer (tens of small tensor operations) costs
         about as much as streaming a 100M-parameter model's weights, so it is trimmed here.
-        After fast_decode (bf16 weights, a CPU with AVX512-BF16) each block is one call of
-        model.native's fused kernel, which rounds where torch's bf16 path rounds but keeps
-        the attention's softmax in fp32; where the fused kernel does not apply, the
+        After fast_decode (bf16 weights on a CPU with AVX512-BF16, or fp32 ones on one with
+        AVX-512) each block is one call of model.native's fused kernel, which rounds where
+        torch's path rounds but keeps the attention's softmax in fp32; where the fused kernel does not apply, the
         attention alone may still run natively (about 1.5x faster than SDPA at 2,048
         tokens). The native paths share one scratch buffer per model: one decode at a time.
         """
