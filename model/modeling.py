@@ -599,11 +599,12 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
 
         The general path's Python work per layer (tens of small tensor operations) costs
         about as much as streaming a 100M-parameter model's weights, so it is trimmed here.
-        After fast_decode (bf16 weights on a CPU with AVX512-BF16, or fp32 ones on one with
-        AVX-512) each block is one call of model.native's fused kernel, which rounds where
-        torch's path rounds but keeps the attention's softmax in fp32; where the fused kernel does not apply, the
-        attention alone may still run natively (about 1.5x faster than SDPA at 2,048
-        tokens). The native paths share one scratch buffer per model: one decode at a time.
+        After fast_decode (bf16 weights on a CPU with AVX512-BF16, fp32 ones with AVX-512),
+        or quantize_int8 (with AVX512-VNNI), each block is one call of model.native's fused
+        kernel, which rounds where torch's path rounds but keeps the attention's softmax in
+        fp32; where the fused kernel does not apply, the attention alone may still run
+        natively (about 1.5x faster than SDPA at 2,048 tokens). The native paths share one
+        scratch buffer per model: one decode at a time.
         """
         cfg = self.config
         past = cache.length
@@ -640,7 +641,7 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
         cfg = self.config
         C, H, D = cfg.n_embd, cfg.n_head, cfg.head_dim
         kv = cache.buffer[:, :, 0, 0]  # (L, 2, capacity, D)
-        native_bf16 = self.uses_native_kernels() and x.dtype == torch.bfloat16
+        native_bf16 = self.native_kind() in ("bf16", "q8")
         attend = native.attention_kernel(D) if native_bf16 else None
         for i, module in enumerate(self.h):
             block = cast(GPTBigCodeBlock, module)
@@ -664,62 +665,77 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
             x = x + mlp.c_proj(mlp.act(mlp.c_fc(h)))
         return x
 
-    def uses_native_kernels(self) -> bool:
-        """Whether fast_decode put this model's products on the native kernels (bf16 or fp32
-        CPU weights): then its decode steps use the fused blocks (or attention) too."""
+    def native_kind(self) -> str | None:
+        """Which native kernels this model's decode steps use: "bf16" or "fp32" after
+        fast_decode (its DecodeLinears on the native kernels), "q8" for quantize_int8's
+        layers with quantised activations in a bf16 model; None: plain PyTorch."""
         from .fastpath import DecodeLinear
+        from .quantize import Int8Linear
 
         first = cast(GPTBigCodeBlock, self.h[0]).attn.c_attn
-        return (isinstance(first, DecodeLinear) and first.use_native
-                and first.weight.dtype in (torch.bfloat16, torch.float32))
+        if isinstance(first, DecodeLinear) and first.use_native:
+            return {torch.bfloat16: "bf16", torch.float32: "fp32"}.get(first.weight.dtype)
+        if (isinstance(first, Int8Linear) and first.quantize_activations
+                and self.wte.weight.dtype == torch.bfloat16):
+            return "q8"
+        return None
 
-    def native_blocks(self) -> list[native.BlockParams] | None:
-        """Per block, the fused native kernel's parameters, or None where it does not apply.
-        Built once; `_apply` (to, half, cpu...) forgets them."""
-        if not self.uses_native_kernels():
+    def native_blocks(self) -> tuple[native.BlockKernel, list[native.BlockParams]] | None:
+        """The fused native kernel and, per block, its parameters; None where it does not
+        apply. Built once per kind of layers; `_apply` (to, half, cpu...) forgets them."""
+        kind = self.native_kind()
+        if kind is None:
             return None
+        blocks = [cast(GPTBigCodeBlock, m) for m in self.h]
+        key = (kind, id(blocks[0].attn.c_attn), id(blocks[-1].mlp.c_proj))
         cached = self.__dict__.get("_native_blocks")
-        if cached is not None:
-            return cached or None
-        found: list[native.BlockParams] = []
-        kernel = native.block_kernel(self.wte.weight.dtype)
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_native_blocks"] = (key, self.gather_native_blocks(kind))
+        return cached[1]
+
+    def gather_native_blocks(self, kind: str
+                             ) -> tuple[native.BlockKernel, list[native.BlockParams]] | None:
+        from .quantize import Int8Linear
+
+        kernel = native.block_kernel(kind)
         cfg = self.config
-        if (kernel is not None and cfg.activation_function == "gelu_pytorch_tanh"
-                and cfg.head_dim in native.ATTENTION_HEAD_DIMS and cfg.n_head <= 48
-                and cfg.inner_dim % 32 == 0):
-            for module in self.h:
-                block = cast(GPTBigCodeBlock, module)
-                attn, mlp = block.attn, block.mlp
-                linears = (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)
-                if not all(isinstance(m, nn.Linear) for m in linears):
-                    found = []
-                    break
-                params = kernel.params({
-                    "ln1_w": block.ln_1.weight, "ln1_b": block.ln_1.bias,
-                    "attn_w": attn.c_attn.weight, "attn_b": attn.c_attn.bias,
-                    "proj_w": attn.c_proj.weight, "proj_b": attn.c_proj.bias,
-                    "ln2_w": block.ln_2.weight, "ln2_b": block.ln_2.bias,
-                    "fc_w": mlp.c_fc.weight, "fc_b": mlp.c_fc.bias,
-                    "out_w": mlp.c_proj.weight, "out_b": mlp.c_proj.bias,
-                }, block.ln_1.eps, block.ln_2.eps)
-                if params is None:
-                    found = []
-                    break
-                found.append(params)
-        self.__dict__["_native_blocks"] = found  # [] remembers "does not apply"
-        return found or None
+        if (kernel is None or cfg.activation_function != "gelu_pytorch_tanh"
+                or cfg.head_dim not in native.ATTENTION_HEAD_DIMS or cfg.n_head > 48
+                or cfg.inner_dim % 32 != 0):
+            return None
+        found: list[native.BlockParams] = []
+        for module in self.h:
+            block = cast(GPTBigCodeBlock, module)
+            attn, mlp = block.attn, block.mlp
+            tensors: dict[str, torch.Tensor | None] = {
+                "ln1_w": block.ln_1.weight, "ln1_b": block.ln_1.bias,
+                "ln2_w": block.ln_2.weight, "ln2_b": block.ln_2.bias,
+            }
+            for name, linear in (("attn", attn.c_attn), ("proj", attn.c_proj),
+                                 ("fc", mlp.c_fc), ("out", mlp.c_proj)):
+                if kind == "q8" and isinstance(linear, Int8Linear):
+                    tensors[f"{name}_w"], tensors[f"{name}_s"] = linear.weight_int8, linear.scales
+                elif kind != "q8" and isinstance(linear, nn.Linear):
+                    tensors[f"{name}_w"] = linear.weight
+                else:
+                    return None
+                tensors[f"{name}_b"] = linear.bias
+            params = kernel.params(tensors, block.ln_1.eps, block.ln_2.eps)
+            if params is None:
+                return None
+            found.append(params)
+        return kernel, found
 
     def _apply(self, fn: Any, recurse: bool = True) -> GPTBigCodeModel:
         self.__dict__.pop("_native_blocks", None)  # parameters may move or change dtype
         self.__dict__.pop("_native_work", None)
         return cast(GPTBigCodeModel, super()._apply(fn, recurse))
 
-    def run_native_blocks(self, blocks: list[native.BlockParams], x: torch.Tensor,
-                          cache: KVCache, past: int) -> torch.Tensor:
+    def run_native_blocks(self, fused: tuple[native.BlockKernel, list[native.BlockParams]],
+                          x: torch.Tensor, cache: KVCache, past: int) -> torch.Tensor:
         """decode_one's blocks, one native call each; x (1, 1, C) -> (1, 1, C)."""
         cfg = self.config
-        kernel = native.block_kernel(x.dtype)
-        assert kernel is not None
+        kernel, blocks = fused
         work = self.__dict__.get("_native_work")
         if work is None:
             size = kernel.work_bytes(cfg.n_head, cfg.head_dim, cfg.inner_dim, cfg.n_positions)

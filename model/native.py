@@ -34,7 +34,7 @@ from .hardware import cpu_flags
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "rowdot.c"
-ABI_VERSION = 7
+ABI_VERSION = 8
 FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno")
 # bf16 dot products read x in blocks of 32 values and keep it on the stack (rowdot.c).
 BF16_K_MULTIPLE = 32
@@ -46,13 +46,17 @@ BLOCK_TENSORS = ("ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w", "proj_b",
                  "ln2_w", "ln2_b", "fc_w", "fc_b", "out_w", "out_b")
 
 
+MATRICES = ("attn", "proj", "fc", "out")
+
+
 class BlockParams(ctypes.Structure):
-    """rowdot.c's block_bf16: one block's parameters (all bf16 or all fp32) and its
-    matrices' row strides."""
+    """rowdot.c's block_bf16: one block's parameters (all bf16, all fp32, or int8 matrices
+    with bf16 per-row scales and bf16 vectors) and its matrices' row strides."""
 
     _fields_ = [*((name, ctypes.c_void_p) for name in BLOCK_TENSORS),
-                *((name, ctypes.c_int64) for name in ("ld_attn", "ld_proj", "ld_fc", "ld_out")),
-                ("eps1", ctypes.c_float), ("eps2", ctypes.c_float)]
+                *((f"ld_{m}", ctypes.c_int64) for m in MATRICES),
+                ("eps1", ctypes.c_float), ("eps2", ctypes.c_float),
+                *((f"{m}_s", ctypes.c_void_p) for m in MATRICES)]
 
 
 RowProduct = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -136,7 +140,7 @@ def library() -> ctypes.CDLL | None:
     lib.mqa_decode_bf16.argtypes = [pointer, pointer, pointer, i64, pointer, i64, i64, i64,
                                     ctypes.c_float, pointer]
     lib.mqa_decode_bf16.restype = ctypes.c_int
-    for name in ("decode_block_bf16", "decode_block_f32"):
+    for name in ("decode_block_bf16", "decode_block_f32", "decode_block_q8"):
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.POINTER(BlockParams), pointer, pointer, pointer, i64, i64, i64,
                        i64, i64, ctypes.c_float, pointer]
@@ -306,36 +310,52 @@ def attention_kernel(head_dim: int) -> Attention | None:
 
 
 class BlockKernel:
-    """One GPTBigCode block of a decode step in one native call (rowdot.c's
-    decode_block_bf16 / decode_block_f32): layer norms, the four products, the token's K/V
-    row, attention, GELU-tanh and both residual adds; in bf16 it rounds wherever torch's
-    bf16 path rounds."""
+    """One GPTBigCode block of a decode step in one native call (rowdot.c's decode_block_*):
+    layer norms, the four products, the token's K/V row, attention, GELU-tanh and both
+    residual adds, rounding wherever torch's path rounds. Kinds: "bf16" and "fp32" (plain
+    weights), "q8" (int8 weights with per-row scales, activations quantised per block of 64
+    values for each product, the rest bf16)."""
 
-    def __init__(self, lib: ctypes.CDLL, dtype: torch.dtype) -> None:
-        self.dtype = dtype
-        self._run = lib.decode_block_bf16 if dtype == torch.bfloat16 else lib.decode_block_f32
+    def __init__(self, lib: ctypes.CDLL, kind: str) -> None:
+        self.kind = kind
+        self._run = getattr(lib, {"bf16": "decode_block_bf16", "fp32": "decode_block_f32",
+                                  "q8": "decode_block_q8"}[kind])
         self._work_bytes = lib.decode_block_work_bytes
 
     def params(self, tensors: dict[str, torch.Tensor | None], eps1: float, eps2: float
                ) -> BlockParams | None:
-        """The struct for one block, or None where a tensor is not as the kernel reads it
-        (of the kernel's dtype on the CPU, vectors contiguous, matrices with unit stride
-        along their rows)."""
+        """The struct for one block, or None where a tensor is not as the kernel reads it.
+
+        tensors: BLOCK_TENSORS (the *_w of the four matrices are int8 for "q8") and, for
+        "q8", the matrices' scales as attn_s, proj_s, fc_s, out_s. Vectors must be
+        contiguous and matrices have unit stride along their rows, on the CPU.
+        """
+        vector_dtype = torch.float32 if self.kind == "fp32" else torch.bfloat16
+        matrix_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "q8": torch.int8}
         values: dict[str, object] = {}
         for name in BLOCK_TENSORS:
             t = tensors[name]
             if t is None and name.endswith("_b"):
                 values[name] = None
                 continue
-            if t is None or t.dtype != self.dtype or t.device.type != "cpu":
+            if t is None or t.device.type != "cpu":
                 return None
             if name.endswith("_w") and not name.startswith("ln"):  # a matrix
-                if t.dim() != 2 or t.stride(1) != 1:
+                if t.dtype != matrix_dtype[self.kind] or t.dim() != 2 or t.stride(1) != 1:
+                    return None
+                if self.kind == "q8" and t.shape[1] % Q8_BLOCK:
                     return None
                 values["ld_" + name[:-2]] = t.stride(0)
-            elif not t.is_contiguous():
+            elif t.dtype != vector_dtype or not t.is_contiguous():
                 return None
             values[name] = t.data_ptr()
+        if self.kind == "q8":
+            for m in MATRICES:
+                scales = tensors.get(f"{m}_s")
+                if (scales is None or scales.dtype != torch.bfloat16
+                        or not scales.is_contiguous()):
+                    return None
+                values[f"{m}_s"] = scales.data_ptr()
         return BlockParams(**values, eps1=eps1, eps2=eps2)
 
     def work_bytes(self, heads: int, head_dim: int, inner: int, positions: int) -> int:
@@ -347,16 +367,16 @@ class BlockKernel:
         rc = self._run(ctypes.byref(params), x.data_ptr(), k_rows, v_rows, row_stride, past,
                        heads, head_dim, inner, scale, work.data_ptr())
         if rc != 0:
-            raise ValueError(f"native decode block refused heads={heads}, "
+            raise ValueError(f"native decode block ({self.kind}) refused heads={heads}, "
                              f"head_dim={head_dim}, inner={inner}")
 
 
 @functools.cache
-def block_kernel(dtype: torch.dtype) -> BlockKernel | None:
-    """The fused decode block for bf16 (needs AVX512-BF16) or fp32 (AVX-512), or None."""
+def block_kernel(kind: str) -> BlockKernel | None:
+    """The fused decode block of a kind ("bf16" needs AVX512-BF16, "fp32" AVX-512, "q8"
+    AVX512-VNNI and AVX512-BF16), or None where this CPU or library lacks it."""
     lib = library()
-    if lib is None or dtype not in (torch.bfloat16, torch.float32):
+    needs = {"bf16": {"avx512_bf16"}, "fp32": set(), "q8": {"avx512_vnni", "avx512_bf16"}}
+    if lib is None or kind not in needs or not needs[kind] <= cpu_flags():
         return None
-    if dtype == torch.bfloat16 and "avx512_bf16" not in cpu_flags():
-        return None
-    return BlockKernel(lib, dtype)
+    return BlockKernel(lib, kind)

@@ -186,7 +186,7 @@ def test_fused_native_blocks_give_the_plain_paths_logits_and_tokens(
 ) -> None:
     from model import native
 
-    if native.block_kernel(torch.bfloat16) is None:
+    if native.block_kernel("bf16") is None:
         pytest.skip("no AVX512-BF16 native kernels here")
     model = starcoder_like(n_embd, n_head)
     ids = torch.randint(0, 300, (1, 40), generator=torch.Generator().manual_seed(n_embd))
@@ -218,20 +218,22 @@ def test_fused_native_blocks_give_the_plain_paths_logits_and_tokens(
 def test_fused_blocks_are_rebuilt_after_the_model_moves_and_skip_other_cases() -> None:
     from model import native
 
-    if native.block_kernel(torch.bfloat16) is None:
+    if native.block_kernel("bf16") is None:
         pytest.skip("no AVX512-BF16 native kernels here")
     model = fast_decode(starcoder_like(128, 2))
     backbone = model.transformer
     first = backbone.native_blocks()
-    assert first is not None and len(first) == 3
+    assert first is not None and len(first[1]) == 3
     model.float()  # fp32: fused fp32 blocks on the fp32 parameters
     as_fp32 = backbone.native_blocks()
-    assert as_fp32 is not None and as_fp32[0].attn_w == backbone.h[0].attn.c_attn.weight.data_ptr()
+    assert as_fp32 is not None and as_fp32[0].kind == "fp32"
+    assert as_fp32[1][0].attn_w == backbone.h[0].attn.c_attn.weight.data_ptr()
     model.half()  # no fp16 kernels
     assert backbone.native_blocks() is None
     model.to(torch.bfloat16)
     again = backbone.native_blocks()
-    assert again is not None and again[0].attn_w == backbone.h[0].attn.c_attn.weight.data_ptr()
+    assert again is not None and again[0].kind == "bf16"
+    assert again[1][0].attn_w == backbone.h[0].attn.c_attn.weight.data_ptr()
     plain = starcoder_like(128, 2)  # no fast_decode: plain PyTorch, no native kernels
     assert plain.transformer.native_blocks() is None
     odd = fast_decode(tiny(True))  # head_dim 16: no layout for it
@@ -241,7 +243,7 @@ def test_fused_blocks_are_rebuilt_after_the_model_moves_and_skip_other_cases() -
 def test_fused_fp32_blocks_match_the_plain_fp32_path() -> None:
     from model import native
 
-    if native.block_kernel(torch.float32) is None:
+    if native.block_kernel("fp32") is None:
         pytest.skip("no AVX-512 native kernels here")
     model = starcoder_like(256, 2).float()
     ids = torch.randint(0, 300, (1, 30), generator=torch.Generator().manual_seed(5))
@@ -281,3 +283,31 @@ def test_a_few_rows_go_to_the_native_kernel_and_match_f_linear(
     reference = x.double() @ layer.weight.double().T + layer.bias.double()
     assert ((got.double() - reference).abs() <= reference.abs() * 2**-7 + 0.01).all()
     torch.testing.assert_close(got.float(), expected.float(), rtol=0.02, atol=0.02)
+
+
+def test_fused_q8_blocks_for_int8_models_match_the_unfused_int8_path() -> None:
+    from model import native
+    from model.quantize import quantize_int8
+
+    if native.block_kernel("q8") is None:
+        pytest.skip("no AVX512-VNNI / AVX512-BF16 native kernels here")
+    model = quantize_int8(starcoder_like(256, 2), include_lm_head=True)
+    assert isinstance(model, GPTBigCodeForCausalLM)
+    fused = model.transformer.native_blocks()
+    assert fused is not None and fused[0].kind == "q8"
+    ids = torch.randint(0, 300, (1, 30), generator=torch.Generator().manual_seed(6))
+
+    def step() -> torch.Tensor:
+        with torch.inference_mode():
+            kv = KVCache(model.config, 1, 96, dtype=torch.bfloat16)
+            model(ids, past_key_values=kv)
+            return model(ids[:, -1:], past_key_values=kv).logits
+
+    with_fused = step()
+    tokens = model.generate(ids, max_new_tokens=16)
+    model.transformer.__dict__["_native_blocks"] = (
+        model.transformer.__dict__["_native_blocks"][0], None)  # the per-layer path instead
+    unfused = step()
+    # the same q8 products and native attention, one call per block instead of per operation
+    torch.testing.assert_close(with_fused.float(), unfused.float(), rtol=0.03, atol=0.03)
+    assert torch.equal(model.generate(ids, max_new_tokens=16), tokens)

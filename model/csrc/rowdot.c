@@ -25,7 +25,7 @@
 #define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16,fma")))
 #define AVX512 __attribute__((target("avx512f,avx512bw,fma")))
 
-int rowdot_abi_version(void) { return 7; }
+int rowdot_abi_version(void) { return 8; }
 
 /* fp32 -> bf16 with round-to-nearest-even; NaN stays NaN (as torch converts). */
 static inline uint16_t to_bf16(float f) {
@@ -215,36 +215,52 @@ AVX512_VNNI static inline float dot_q8(const int8_t *w, const uint8_t *xu, const
     return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
-/* y = (W x) * scales + bias with W int8 and x quantised to int8 per block of 64 values
- * (scale = the block's largest magnitude / 127, as llama.cpp's q8_0 does with blocks of
- * 32); the rest bf16. k must be a multiple of 64 and at most 32 * 1024; returns 0, -1 when
- * it is not, -2 when memory runs out. */
-AVX512_VNNI int rowdot_q8(const int8_t *w, int64_t ldw, const uint16_t *x, const uint16_t *scales,
-                          const uint16_t *bias, uint16_t *y, int64_t n, int64_t k) {
-    if (k % QBLOCK != 0 || k > 32 * 1024) return -1;
-    const int64_t blocks = k / QBLOCK;
-    uint8_t *xu = aligned_alloc(64, (size_t)k + (((size_t)blocks * sizeof(float) + 63) / 64) * 64);
-    if (!xu) return -2;
-    float *sx = (float *)(xu + k);
-    for (int64_t b = 0; b < blocks; b++) {
+/* x (k bf16 values) as unsigned bytes xu = round(x / sx[b]) + 128 per block b of 64 values,
+ * sx[b] = the block's largest magnitude / 127 (as llama.cpp's q8_0 does with blocks of 32). */
+static void quantize_q8(const uint16_t *x, int64_t k, uint8_t *xu, float *sx) {
+    for (int64_t b = 0; b < k / QBLOCK; b++) {
         float m = 0.0f;
         for (int i = 0; i < QBLOCK; i++) {
             float v = from_bf16(x[QBLOCK * b + i]);
             m = fabsf(v) > m ? fabsf(v) : m;
         }
-        float scale = m / 127.0f, inv = m > 0.0f ? 127.0f / m : 0.0f;
-        sx[b] = scale;
+        float inv = m > 0.0f ? 127.0f / m : 0.0f;
+        sx[b] = m / 127.0f;
         for (int i = 0; i < QBLOCK; i++) {
             float q = nearbyintf(from_bf16(x[QBLOCK * b + i]) * inv);
             q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
             xu[QBLOCK * b + i] = (uint8_t)((int)q + 128);
         }
     }
+}
+
+/* y = (W xq) * scales + bias for int8 W (n, blocks * 64), xq quantised by quantize_q8. */
+AVX512_VNNI static void matvec_q8(const int8_t *w, int64_t ldw, const uint8_t *xu,
+                                  const float *sx, int64_t blocks, const uint16_t *scales,
+                                  const uint16_t *bias, uint16_t *y, int64_t n) {
 #pragma omp parallel for schedule(static)
     for (int64_t row = 0; row < n; row++) {
         float v = dot_q8(w + row * ldw, xu, sx, blocks) * from_bf16(scales[row]);
         y[row] = to_bf16(bias ? v + from_bf16(bias[row]) : v);
     }
+}
+
+/* Bytes quantize_q8 writes for k values: the bytes, then the block scales, 64-aligned. */
+static inline size_t q8_bytes(int64_t k) {
+    return (size_t)k + (((size_t)(k / QBLOCK) * sizeof(float) + 63) / 64) * 64;
+}
+
+/* y = (W x) * scales + bias with W int8 and x quantised to int8 per block of 64 values
+ * (quantize_q8); the rest bf16. k must be a multiple of 64 and at most 32 * 1024; returns
+ * 0, -1 when it is not, -2 when memory runs out. */
+AVX512_VNNI int rowdot_q8(const int8_t *w, int64_t ldw, const uint16_t *x, const uint16_t *scales,
+                          const uint16_t *bias, uint16_t *y, int64_t n, int64_t k) {
+    if (k % QBLOCK != 0 || k > 32 * 1024) return -1;
+    uint8_t *xu = aligned_alloc(64, q8_bytes(k));
+    if (!xu) return -2;
+    float *sx = (float *)(xu + k);
+    quantize_q8(x, k, xu, sx);
+    matvec_q8(w, ldw, xu, sx, k / QBLOCK, scales, bias, y, n);
     free(xu);
     return 0;
 }
@@ -548,6 +564,8 @@ typedef struct {
     const void *ln2_w, *ln2_b, *fc_w, *fc_b, *out_w, *out_b;
     int64_t ld_attn, ld_proj, ld_fc, ld_out;
     float eps1, eps2;
+    /* int8 blocks (decode_block_q8) only: the matrices' per-row bf16 scales */
+    const uint16_t *attn_s, *proj_s, *fc_s, *out_s;
 } block_bf16;
 
 static inline uint16_t *carve(unsigned char **cursor, int64_t values) {
@@ -621,12 +639,51 @@ AVX512 int decode_block_f32(const block_bf16 *p, float *x, float *k_cache, float
     return 0;
 }
 
-/* Bytes of work decode_block_bf16 and decode_block_f32 need for these sizes and up to
- * `positions` positions. */
+/* decode_block_bf16 for int8 matrices with per-row scales (the struct's *_s), activations
+ * quantised to int8 per block of 64 values for each product (quantize_q8); the rest bf16.
+ * c and inner must be multiples of 64. */
+AVX512_VNNI int decode_block_q8(const block_bf16 *p, uint16_t *x, uint16_t *k_cache,
+                                uint16_t *v_cache, int64_t ldkv, int64_t past, int64_t heads,
+                                int64_t d, int64_t inner, float scale, void *work) {
+    const int64_t c = heads * d;
+    if ((d != 64 && d != 128) || heads <= 0 || heads > 48 || inner % QBLOCK != 0 ||
+        c % QBLOCK != 0 || past < 0)
+        return -1;
+    unsigned char *cursor = work;
+    uint16_t *h = carve(&cursor, c), *qkv = carve(&cursor, c + 2 * d);
+    uint16_t *y = carve(&cursor, c), *f = carve(&cursor, inner), *a = carve(&cursor, c);
+    uint8_t *xu = (uint8_t *)carve(&cursor, inner); /* q8 bytes and scales of <= inner values */
+    float *sx = (float *)carve(&cursor, inner / QBLOCK * 2);
+    float *scratch = (float *)cursor;
+#define Q(name) ((const int8_t *)p->name)
+    layer_norm_bf16(x, p->ln1_w, p->ln1_b, p->eps1, h, c);
+    quantize_q8(h, c, xu, sx);
+    matvec_q8(Q(attn_w), p->ld_attn, xu, sx, c / QBLOCK, p->attn_s, p->attn_b, qkv, c + 2 * d);
+    memcpy(k_cache + past * ldkv, qkv + c, (size_t)d * 2);
+    memcpy(v_cache + past * ldkv, qkv + c + d, (size_t)d * 2);
+    mqa_core(qkv, k_cache, v_cache, ldkv, y, heads, past + 1, d, scale, scratch);
+    quantize_q8(y, c, xu, sx);
+    matvec_q8(Q(proj_w), p->ld_proj, xu, sx, c / QBLOCK, p->proj_s, p->proj_b, a, c);
+    add_bf16(x, a, c);
+
+    layer_norm_bf16(x, p->ln2_w, p->ln2_b, p->eps2, h, c);
+    quantize_q8(h, c, xu, sx);
+    matvec_q8(Q(fc_w), p->ld_fc, xu, sx, c / QBLOCK, p->fc_s, p->fc_b, f, inner);
+    gelu_tanh_bf16(f, inner);
+    quantize_q8(f, inner, xu, sx);
+    matvec_q8(Q(out_w), p->ld_out, xu, sx, inner / QBLOCK, p->out_s, p->out_b, a, c);
+    add_bf16(x, a, c);
+#undef Q
+    return 0;
+}
+
+/* Bytes of work the decode_block_* functions need for these sizes and up to `positions`
+ * positions. */
 int64_t decode_block_work_bytes(int64_t heads, int64_t d, int64_t inner, int64_t positions) {
     const int64_t c = heads * d;
-    int64_t values[] = {c, c + 2 * d, c, inner, c}; /* as floats: room for either type */
+    /* as floats: room for either type; then decode_block_q8's bytes and block scales */
+    int64_t values[] = {c, c + 2 * d, c, inner, c, inner / 2, inner / QBLOCK * 2};
     int64_t total = 0;
-    for (int i = 0; i < 5; i++) total += ((values[i] * 4 + 63) / 64) * 64;
+    for (int i = 0; i < 7; i++) total += ((values[i] * 4 + 63) / 64) * 64;
     return total + (heads * (positions + 1)) * (int64_t)sizeof(float);
 }
