@@ -150,6 +150,14 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def check(rc: int, what: str) -> None:
+    """Turn a kernel's return code into an exception naming `what` it was asked to do."""
+    if rc == OUT_OF_MEMORY:
+        raise MemoryError(f"{what}: out of memory")
+    if rc != 0:
+        raise ValueError(f"{what}: the kernel refused the shape")
+
+
 def _caller(fn: Callable[..., int], dtype: torch.dtype) -> RowProduct:
     def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 ) -> torch.Tensor:
@@ -157,10 +165,7 @@ def _caller(fn: Callable[..., int], dtype: torch.dtype) -> RowProduct:
         y = torch.empty(n, dtype=dtype)
         rc = fn(weight.data_ptr(), weight.stride(0), x.data_ptr(),
                 None if bias is None else bias.data_ptr(), y.data_ptr(), n, k)
-        if rc == OUT_OF_MEMORY:
-            raise MemoryError("native row product: out of memory")
-        if rc != 0:
-            raise ValueError(f"native row product refused a ({n}, {k}) weight")
+        check(rc, f"native row product of a ({n}, {k}) weight")
         return y
     return product
 
@@ -204,10 +209,7 @@ def rows_product_kernel() -> RowProduct | None:
         y = torch.empty(m, n, dtype=torch.bfloat16)
         rc = fn(weight.data_ptr(), weight.stride(0), x.data_ptr(),
                 None if bias is None else bias.data_ptr(), y.data_ptr(), n, k, m)
-        if rc == OUT_OF_MEMORY:
-            raise MemoryError("native row product: out of memory")
-        if rc != 0:
-            raise ValueError(f"native row product refused {m} rows of a ({n}, {k}) weight")
+        check(rc, f"native row product of {m} rows and a ({n}, {k}) weight")
         return y
 
     return product
@@ -255,10 +257,7 @@ def int8_row_product_kernel(quantize_activations: bool = True) -> Int8RowProduct
         fn = q8 if use_q8 and k % Q8_BLOCK == 0 else exact
         rc = fn(q.data_ptr(), q.stride(0), x.data_ptr(), scales.data_ptr(),
                 None if bias is None else bias.data_ptr(), y.data_ptr(), n, k)
-        if rc == OUT_OF_MEMORY:
-            raise MemoryError("native int8 row product: out of memory")
-        if rc != 0:
-            raise ValueError(f"native int8 row product refused a ({n}, {k}) weight")
+        check(rc, f"native int8 row product of a ({n}, {k}) weight")
         return y
 
     return product
