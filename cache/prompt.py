@@ -183,7 +183,15 @@ class PromptBuilder:
         known = window.encoded.get(piece)
         if known is not None and known[0] == text:
             return known[1]
-        ids = self.tokenizer.encode_text(text) if text else []
+        # A tokenizer that can re-encode from the last line break before the change does
+        # (model.Tokenizer.encode_text_after): a keystroke then costs a line, not the piece.
+        after = getattr(self.tokenizer, "encode_text_after", None)
+        if not text:
+            ids = []
+        elif after is not None and known is not None:
+            ids = after(known, text)
+        else:
+            ids = self.tokenizer.encode_text(text)
         window.encoded[piece] = (text, ids)
         return ids
 

@@ -4,7 +4,8 @@ with batching, character offsets, FIM token lookup and raw-byte decoding for byt
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
+import os
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from itertools import accumulate
 from pathlib import Path
@@ -22,6 +23,8 @@ FIM_SPELLINGS = (
 )
 
 PADDING_CHOICES = (False, True, "longest", "max_length")
+# encode_text_after re-encodes in full when the reusable part is shorter than this.
+REUSE_MIN_CHARS = 256
 SIDES = ("left", "right")
 
 Offsets = list[tuple[int, int]]
@@ -125,6 +128,25 @@ def _uses_byte_level_decoder(backend: tokenizers.Tokenizer) -> bool:
     return any(part.get("type") == "ByteLevel" for part in parts)
 
 
+def _splits_before_line_breaks(backend: tokenizers.Tokenizer) -> bool:
+    """Whether every line break that follows a non-space character starts a pre-token, so
+    that encoding the text on either side of it apart gives the ids of the whole: true of
+    byte-level BPE with the GPT-2 split pattern (optionally after splitting digits), no
+    normalizer, and no added token that could span a line break."""
+    state = json.loads(backend.to_str())
+    if state.get("normalizer") is not None or (state.get("model") or {}).get("type") != "BPE":
+        return False
+    pre = state.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [part.get("type") for part in parts]
+    if kinds not in (["ByteLevel"], ["Digits", "ByteLevel"]):
+        return False
+    level = parts[-1]
+    if not level.get("use_regex", True) or level.get("add_prefix_space", False):
+        return False
+    return not any("\n" in token.get("content", "") for token in state.get("added_tokens", []))
+
+
 def _find_fim(backend: tokenizers.Tokenizer) -> FimStrings | None:
     for prefix, middle, suffix, pad in FIM_SPELLINGS:
         if all(backend.token_to_id(t) is not None for t in (prefix, middle, suffix)):
@@ -195,6 +217,7 @@ class Tokenizer:
         self.special_ids = self._collect_special_ids()
         self._byte_level = _uses_byte_level_decoder(backend)
         self._bytes_of_id: dict[int, bytes] = {}
+        self._line_break_cuts = self._byte_level and _splits_before_line_breaks(backend)
         self._text_backend: tokenizers.Tokenizer | None = None
 
     @classmethod
@@ -249,6 +272,34 @@ class Tokenizer:
         "<|endoftext|>") stay ordinary text, so a file cannot inject control tokens into a
         prompt built around it."""
         return self._encode(text, self._as_text_backend()).ids
+
+    def encode_text_after(self, known: tuple[str, list[int]] | None, text: str) -> list[int]:
+        """encode_text(text), reusing the ids of `known` (an earlier text and its encode_text
+        ids) up to the last line break before the first character where the two differ.
+
+        A line break after a non-space character starts a pre-token in byte-level BPE with
+        the GPT-2 split pattern, so the ids before it cannot depend on anything after it: a
+        keystroke at the end of a long prefix re-encodes one line instead of the file.
+        Tokenizers without that property (see _splits_before_line_breaks) encode in full.
+        """
+        if known is None or not self._line_break_cuts:
+            return self.encode_text(text)
+        old, old_ids = known
+        common = len(os.path.commonprefix((old, text)))
+        cut = old.rfind("\n", 0, common)
+        while cut > 0 and old[cut - 1].isspace():
+            cut = old.rfind("\n", 0, cut)
+        if cut < REUSE_MIN_CHARS:
+            return self.encode_text(text)
+        try:
+            cut_bytes = len(old[:cut].encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate: encode_text reports it
+            return self.encode_text(text)
+        ends = list(accumulate(len(self._token_bytes(i)) for i in old_ids))
+        kept = bisect_left(ends, cut_bytes)
+        if kept >= len(ends) or ends[kept] != cut_bytes:
+            return self.encode_text(text)  # no token ends there: known was not this text's ids
+        return old_ids[: kept + 1] + self.encode_text(text[cut:])
 
     def _as_text_backend(self) -> tokenizers.Tokenizer:
         if self._text_backend is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -380,3 +381,69 @@ def test_encode_text_keeps_special_token_spellings_as_ordinary_text(starcoder: T
     ids = starcoder.encode_text(text)
     assert not set(ids) & starcoder.special_ids  # ...encode_text does not
     assert starcoder.decode(ids) == text
+
+
+# -- re-encoding after an edit (encode_text_after) ------------------------------------------
+
+
+def _edit_session(text: str, seed: int, edits: int = 150) -> list[str]:
+    """Texts of a session of random edits: typing at the end or inside, deleting, pasting,
+    line breaks after spaces, CRLF, tabs and characters of several UTF-8 lengths."""
+    import random
+
+    rng = random.Random(seed)
+    inserts = ["x", " ", "\n", "\n    ", "  \n", "\r\n", "\t", "é", "世", "😀", "(", "):\n",
+               "def f(a, b):\n    return a", "# note ", "\n\n"]
+    texts = []
+    for _ in range(edits):
+        at = len(text) if rng.random() < 0.5 else rng.randrange(len(text) + 1)
+        if rng.random() < 0.2 and at > 0:
+            start = max(0, at - rng.randrange(1, 40))
+            text = text[:start] + text[at:]
+        else:
+            text = text[:at] + rng.choice(inserts) + text[at:]
+        texts.append(text)
+    return texts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_encoding_after_an_edit_equals_encoding_in_full(seed: int) -> None:
+    tok = Tokenizer.from_pretrained("model/default")
+    assert tok._line_break_cuts  # the packaged tokenizer allows cutting at line breaks
+    base = inspect.getsource(textwrap)[: 3000 + 1000 * seed]
+    known = (base, tok.encode_text(base))
+    reused = 0
+    for text in _edit_session(base, seed):
+        got = tok.encode_text_after(known, text)
+        assert got == tok.encode_text(text)
+        common = len(os.path.commonprefix((known[0], text)))
+        reused += common > 400
+        known = (text, got)
+    assert reused > 0  # the sessions did exercise the reusing branch
+
+
+def test_encoding_after_an_edit_reencodes_only_from_the_last_line_break(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tok = Tokenizer.from_pretrained("model/default")
+    base = inspect.getsource(textwrap)[:4000]
+    known = (base, tok.encode_text(base))
+    seen: list[str] = []
+    real = tok.encode_text
+    monkeypatch.setattr(tok, "encode_text", lambda t: seen.append(t) or real(t))
+    text = base + "value = 1"
+    tok.encode_text_after(known, text)
+    assert len(seen) == 1 and text.endswith(seen[0]) and seen[0].startswith("\n")
+    assert len(seen[0]) < 200  # one line, not the file
+
+
+def test_tokenizers_that_may_merge_across_line_breaks_encode_in_full() -> None:
+    backend = train_tokenizer(400, corpus=CORPUS)
+    backend.normalizer = normalizers.NFKC()  # a normalizer may change what precedes a break
+    tok = Tokenizer(backend)
+    assert not tok._line_break_cuts
+    text = "x = 1\n" * 100
+    assert tok.encode_text_after((text, tok.encode_text(text)), text + "y") == \
+        tok.encode_text(text + "y")
+    plain = Tokenizer(train_tokenizer(400, corpus=CORPUS))
+    assert plain._line_break_cuts
