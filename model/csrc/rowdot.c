@@ -1,10 +1,12 @@
-/* One-row matrix products for decoding on x86-64 CPUs, y = W x + b, and multi-query
- * attention of one query token over the cached keys and values.
+/* Decoding kernels for x86-64 CPUs: matrix products of one (or a few) rows, y = W x + b,
+ * with bf16, fp32 or int8 weights; multi-query attention of one query token over the
+ * cached keys and values; and a whole GPTBigCode block of a one-token step in one call.
  *
  * A decode step multiplies one row of activations by every weight matrix of the model, so
  * its speed is how fast the weights stream from memory. These loops read each weight once,
  * row after row, front to back, and keep x in the L1 cache; the arithmetic is far below
- * what the core can do.
+ * what the core can do. The fused block saves the Python work between the operations of a
+ * block, which for a small model costs more than the arithmetic.
  *
  * Built at run time by model/native.py (gcc or clang, -O3 -fopenmp) and called through
  * ctypes. Each kernel carries its instruction set in a target attribute, so one library
