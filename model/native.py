@@ -1,16 +1,21 @@
-"""Native kernels for CPU decoding (model/csrc/rowdot.c, built on first use): one-row
-matrix products, and multi-query attention of one query token.
+"""Native kernels for CPU decoding (model/csrc/rowdot.c, built on first use).
+
+- row products: y = W x + b for one row of bf16 or fp32 weights, up to 8 rows of bf16, and
+  int8 weights with per-row scales (activations kept in bf16, or quantised per block of 64
+  values and multiplied with VNNI);
+- multi-query attention of one query token over the cached keys and values (bf16);
+- a whole GPTBigCode block of a one-token step in one call (bf16, fp32, or int8 "q8").
 
 A decode step is bound by how fast the weights stream from memory. torch's one-row bf16
-matmul streams them at a fraction of the machine's bandwidth; the loops in rowdot.c read
-them close to a plain read's speed (tests/bench/decode.py measures both in one run). Its
-attention for one token (heads folded against the one shared K/V head) costs a quarter of
-scaled_dot_product_attention's at 2,048 positions.
+matmul streams them at a third of the machine's bandwidth and its fp32 one at about half;
+these loops read them at the speed of a plain read (tests/bench/decode.py measures both in
+one run). The attention costs about two thirds of scaled_dot_product_attention's at 2,048
+positions, and the fused block saves the Python work between a block's operations.
 
-The library is compiled with the system's C compiler (`$CC`, else gcc, else cc) into a
+The library is compiled with the system's C compiler (`$CC`, else gcc, cc or clang) into a
 per-user cache folder keyed by the source, compiler and flags, so a machine builds it once
 (about a second). Where there is no compiler, no x86-64 CPU with AVX-512, or the build fails,
-`row_product_kernel` returns None and callers keep their other path; the reason is logged.
+the *_kernel functions return None and callers keep their PyTorch path; the reason is logged.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "rowdot.c"
 ABI_VERSION = 8
 FLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno")
-# bf16 dot products read x in blocks of 32 values and keep it on the stack (rowdot.c).
+# bf16 dot products read x in blocks of 32 values (rowdot.c), at most 1,024 of them.
 BF16_K_MULTIPLE = 32
 BF16_K_MAX = 32 * 1024
 Q8_BLOCK = 64  # activations quantised per block of this many values (rowdot_q8)
@@ -106,24 +111,24 @@ def build_library(compiler: str, folder: Path) -> Path:
 def library() -> ctypes.CDLL | None:
     """The loaded library, or None where it cannot be built or used on this machine."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        log.info("native row products: not an x86-64 CPU (%s)", platform.machine())
+        log.info("native kernels: not an x86-64 CPU (%s)", platform.machine())
         return None
     if not {"avx512f", "avx512bw"} <= cpu_flags():
-        log.info("native row products: the CPU has no AVX-512")
+        log.info("native kernels: the CPU has no AVX-512")
         return None
     compiler = find_compiler()
     if compiler is None:
-        log.info("native row products: no C compiler found ($CC, gcc, cc, clang)")
+        log.info("native kernels: no C compiler found ($CC, gcc, cc, clang)")
         return None
     try:
         path = build_library(compiler, cache_dir())
         # torch is imported, so its OpenMP runtime is loaded: the library binds to that one.
         lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError) as exc:
-        log.warning("native row products unavailable: %s", exc)
+        log.warning("native kernels unavailable: %s", exc)
         return None
     if lib.rowdot_abi_version() != ABI_VERSION:
-        log.warning("native row products: %s has ABI %d, expected %d", path,
+        log.warning("native kernels: %s has ABI %d, expected %d", path,
                     lib.rowdot_abi_version(), ABI_VERSION)
         return None
     pointer, i64 = ctypes.c_void_p, ctypes.c_int64
