@@ -21,7 +21,9 @@ from torch import nn
 
 from . import checkpoint, native
 from .config import GPTBigCodeConfig
+from .fastpath import DecodeLinear
 from .kv_cache import KVCache
+from .quantize import Int8Linear
 
 log = logging.getLogger(__name__)
 
@@ -527,18 +529,7 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
         use_cache = cfg.use_cache if use_cache is None else use_cache
         cache = past_key_values
         past = 0 if cache is None else cache.length
-        if past + T > cfg.n_positions:
-            raise ValueError(
-                f"input of {past + T} tokens ({past} cached + {T} new) exceeds the model's "
-                f"n_positions ({cfg.n_positions})"
-            )
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"past_key_values holds {cache.batch_size} rows, input has {B}")
-        if cache is not None and (cache.dtype, cache.device) != (self.dtype, self.device):
-            raise ValueError(
-                f"past_key_values is {cache.dtype} on {cache.device} but the model is "
-                f"{self.dtype} on {self.device}; make the KVCache with the model's dtype and device"
-            )
+        self.check_cache(cache, B, past, T)
         if cache is None and use_cache:
             cache = KVCache(cfg, B, capacity=T, dtype=self.wte.weight.dtype, device=self.device)
         if cache is not None:
@@ -608,20 +599,7 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
         """
         cfg = self.config
         past = cache.length
-        if past + 1 > cfg.n_positions:
-            raise ValueError(
-                f"input of {past + 1} tokens ({past} cached + 1 new) exceeds the model's "
-                f"n_positions ({cfg.n_positions})"
-            )
-        weight = self.wte.weight
-        if cache.batch_size != 1:
-            raise ValueError(f"past_key_values holds {cache.batch_size} rows, input has 1")
-        if cache.dtype != weight.dtype or cache.device != weight.device:
-            raise ValueError(
-                f"past_key_values is {cache.dtype} on {cache.device} but the model is "
-                f"{weight.dtype} on {weight.device}; make the KVCache with the model's dtype "
-                "and device"
-            )
+        self.check_cache(cache, 1, past, 1)
         self.check_token_ids(input_ids, "input_ids")
         cache.reserve(past + 1)
         C = cfg.n_embd
@@ -669,9 +647,6 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
         """Which native kernels this model's decode steps use: "bf16" or "fp32" after
         fast_decode (its DecodeLinears on the native kernels), "q8" for quantize_int8's
         layers with quantised activations in a bf16 model; None: plain PyTorch."""
-        from .fastpath import DecodeLinear
-        from .quantize import Int8Linear
-
         first = cast(GPTBigCodeBlock, self.h[0]).attn.c_attn
         if isinstance(first, DecodeLinear) and first.use_native:
             return {torch.bfloat16: "bf16", torch.float32: "fp32"}.get(first.weight.dtype)
@@ -695,8 +670,6 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
 
     def gather_native_blocks(self, kind: str
                              ) -> tuple[native.BlockKernel, list[native.BlockParams]] | None:
-        from .quantize import Int8Linear
-
         kernel = native.block_kernel(kind)
         cfg = self.config
         if (kernel is None or cfg.activation_function != "gelu_pytorch_tanh"
@@ -750,6 +723,27 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
             kernel(params, x, k_rows, k_rows + kind_stride, buffer.stride(4), past,
                    cfg.n_head, cfg.head_dim, cfg.inner_dim, scale, work)
         return x.view(1, 1, cfg.n_embd)
+
+    def check_cache(self, cache: KVCache | None, batch: int, past: int, length: int) -> None:
+        """Refuse `length` new tokens of `batch` rows after `past` cached ones that do not fit
+        the model's positions or a cache of another batch size, dtype or device."""
+        n_positions = self.config.n_positions
+        if past + length > n_positions:
+            raise ValueError(
+                f"input of {past + length} tokens ({past} cached + {length} new) exceeds the "
+                f"model's n_positions ({n_positions})"
+            )
+        if cache is None:
+            return
+        if cache.batch_size != batch:
+            raise ValueError(f"past_key_values holds {cache.batch_size} rows, input has {batch}")
+        weight = self.wte.weight
+        if cache.dtype != weight.dtype or cache.device != weight.device:
+            raise ValueError(
+                f"past_key_values is {cache.dtype} on {cache.device} but the model is "
+                f"{weight.dtype} on {weight.device}; make the KVCache with the model's dtype "
+                "and device"
+            )
 
     def check_token_ids(self, ids: torch.Tensor, name: str) -> None:
         if ids.dim() != 2:
