@@ -22,6 +22,7 @@ from model.fastpath import fast_decode, native_decode_available
 from model.generation import decode_one_token, sample
 from model.hardware import auto_dtype
 from model.quantize import quantize_int8
+from model.static_decode import StaticDecoder
 
 from .options import Options
 from .postprocess import postprocess, wants_single_line
@@ -98,7 +99,7 @@ class ModelChoice:
     device: str
     dtype: torch.dtype
     quantize: str = "none"  # "int8": int8 weights (blocks and lm_head), activations in dtype
-    compile_decode: bool | None = None  # faster one-row products; None: where they pay
+    compile_decode: bool | None = None  # faster decode steps; None: where they pay
 
     @classmethod
     def from_options(cls, options: Options) -> ModelChoice:
@@ -151,13 +152,17 @@ def load_engine(
         if settings["inductor"]:
             report("compiling the decode step")  # Inductor compiles during the warm-up below
         fast_decode(model, **settings)
+    decoder = None
+    if model.device.type == "cuda" and choice.compile_decode is not False:
+        report("capturing the decode step as a CUDA graph")  # during the warm-up below
+        decoder = StaticDecoder(model)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
             f"vocab_size is {model.config.vocab_size}"
         )
     report("indexing the vocabulary")
-    engine = CompletionEngine(model, tokenizer, options, name=choice.name)
+    engine = CompletionEngine(model, tokenizer, options, name=choice.name, decoder=decoder)
     report("warming up")
     engine.warm_up()
     return engine
@@ -179,8 +184,10 @@ class CompletionEngine:
         options: Options | None = None,
         *,
         name: str = "",
+        decoder: StaticDecoder | None = None,
     ) -> None:
         self.model = model.eval()
+        self.decoder = decoder  # decode steps on static buffers (a CUDA graph on the GPU)
         self.tokenizer = tokenizer
         self.name = name or getattr(model, "name_or_path", "")
         self.index: TokenIndex = token_index(tokenizer)
@@ -233,6 +240,26 @@ class CompletionEngine:
             for length in (2, 1):
                 ids = torch.zeros((1, length), dtype=torch.long, device=self.device)
                 self.model(ids, use_cache=False, logits_to_keep=1)
+            if self.decoder is not None:  # captures the graph
+                kv = KVCache(self.model.config, 1, 2, dtype=self.dtype, device=self.device)
+                self.model(ids, past_key_values=kv, logits_to_keep=1)
+                self.decoder.start(kv)
+                self.decoder.step(0)
+
+    def decode_steps(self, kv: KVCache) -> Callable[[int], torch.Tensor]:
+        """A function that appends a token to `kv` (its prompt already in it) and returns
+        the next token's logits (vocab,): the static decoder where there is one."""
+        decoder = self.decoder
+        if decoder is not None:
+            decoder.start(kv)
+            return decoder.step
+
+        def step(token: int) -> torch.Tensor:
+            with torch.inference_mode():
+                ids = torch.tensor([[token]], dtype=torch.long, device=kv.device)  # (1, 1)
+                return decode_one_token(self.model, ids, kv)[0]  # (vocab,)
+
+        return step
 
     def complete(
         self,
@@ -329,6 +356,7 @@ class _Generation:
         stops costs no further step.
         """
         engine = self.engine
+        advance = engine.decode_steps(kv)
         skip = len(retype)  # leading bytes of the generation that are already in the document
         ids: list[int] = []
         data = bytearray()
@@ -348,9 +376,7 @@ class _Generation:
             if reason:
                 return ids, reason
             started = time.perf_counter()
-            with torch.inference_mode():
-                step = torch.tensor([[token]], dtype=torch.long, device=kv.device)  # (1, 1)
-                logits = decode_one_token(engine.model, step, kv)[0]  # (vocab,)
+            logits = advance(token)
             self.model_seconds += time.perf_counter() - started
             self._count_step()
 

@@ -91,8 +91,9 @@ class Options:
     device: str = _option("auto", check=_device)  # "auto": CUDA when there is one, else CPU
     dtype: Dtype = "auto"  # "auto": bf16 on a GPU or CPU that computes it natively, else fp32
     quantize: Quantize = "none"  # "int8": int8 weights, ~1.4x faster decode in bf16 on a CPU
-    # Compile the one-row products of decoding (CPU, bf16 / fp16): ~1.7x faster decode steps,
-    # seconds more at load. None: on for such models of AUTO_COMPILE_PARAMETERS or more.
+    # Faster decode steps. CPU, None: native kernels, plus Inductor for half-precision models
+    # of AUTO_COMPILE_PARAMETERS or more where those do not run; True: both wherever they
+    # apply. CUDA, None or True: steps replayed from a CUDA graph. False: plain PyTorch.
     compile_decode: bool | None = None
     max_new_tokens: int = _option(64, check=_at_least(1))
     temperature: float = _option(0.0, check=_at_least(0.0))  # 0.0: greedy

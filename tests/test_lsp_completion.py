@@ -304,3 +304,27 @@ def test_fast_decode_by_default_native_and_inductor_only_where_it_pays(
     monkeypatch.setattr(completion, "AUTO_COMPILE_PARAMETERS", 10**12)
     on = ModelChoice("m", "cpu", torch.bfloat16, compile_decode=True)
     assert completion.fast_decode_settings(on, model) == {"native": True, "inductor": True}
+
+
+def test_static_decoder_completes_as_the_general_path_across_keystrokes(
+    folder: Path, tokenizer: Tokenizer
+) -> None:
+    """The GPU's decode path (static buffers; eager on the CPU) must not change a suggestion,
+    nor what the prefix cache keeps for the next keystroke."""
+    from model.static_decode import StaticDecoder
+
+    options = Options(model=str(folder), max_new_tokens=12)
+    model = GPTBigCodeForCausalLM.from_pretrained(folder)
+    plain = CompletionEngine(model, tokenizer, options)
+    static = CompletionEngine(model, tokenizer, options, decoder=StaticDecoder(model))
+    static.warm_up()  # runs a step on the decoder, as load_engine does to capture the graph
+    text, cursor = TEXT, LINE_END
+    for typed in ("", "\n    r", "e", "s"):
+        text = text[:cursor] + typed + text[cursor:]
+        cursor += len(typed)
+        ours = static.complete(CompletionRequest(URI, text, cursor))
+        reference = plain.complete(CompletionRequest(URI, text, cursor))
+        assert ours.token_ids == reference.token_ids and ours.text == reference.text
+        assert (ours.reused_tokens, ours.computed_tokens) == (
+            reference.reused_tokens, reference.computed_tokens)
+    assert ours.new_tokens > 1

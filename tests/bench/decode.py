@@ -6,9 +6,13 @@ reports prefill tokens/s at 512 and 2,048 tokens and decode ms/token at 512 and 
 of context, plus the memory bandwidth measured in the same run and the decode floor it implies
 (weight bytes / bandwidth). Variants:
 
-    fp32, bf16     ours as the server runs them: one-row products on the native kernels
-                   (model.native) where the CPU has them
-    fp32p, bf16p   ours on the plain path: every product through F.linear
+    fp32, bf16     ours as the server runs them: on the CPU, one-row products on the
+                   native kernels (model.native) where the CPU has them; on a GPU
+                   (--device cuda), steps replayed from a CUDA graph (model.static_decode)
+    fp16           the same in float16 (for GPUs)
+    fp32p, bf16p   ours on the plain path: every product through F.linear, no graph
+    fp32s, bf16s   ours through model.static_decode's steps (a CUDA graph on the GPU, eager
+                   on the CPU: there, a check of the path, not a fast one)
     bf16i          ours with the one-row products compiled by Inductor (native kernels off)
     int8, int8h    ours with bf16 activations and int8 weights in the blocks (int8h: in
                    lm_head too); transformers has no such path, so its columns read "-"
@@ -16,7 +20,10 @@ of context, plus the memory bandwidth measured in the same run and the decode fl
 transformers runs in the variant's dtype beside each of ours. Run by hand:
 
     .venv/bin/python tests/bench/decode.py [--dtypes fp32,bf16,fp32p,bf16p,bf16i,int8,int8h]
-        [--steps 16] [--threads N] [--skip-default]
+        [--steps 16] [--threads N] [--skip-default] [--device cpu|cuda]
+
+On a GPU the bandwidth is that of the GPU's memory and times are taken after
+torch.cuda.synchronize; int8 and Inductor variants are CPU-only.
 
 Prints a table and, last, one JSON line.
 """
@@ -39,13 +46,18 @@ from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, KVCache
 from model.checkpoint import CheckpointError
 from model.fastpath import fast_decode
 from model.quantize import Int8Linear, quantize_int8
+from model.static_decode import StaticDecoder
 
-# name -> (dtype, path of the one-row products: "fast" native, "plain" F.linear, "inductor")
+# name -> (dtype, path: "fast" as served, "plain" F.linear and no graph, "inductor" the
+# one-row products compiled, "static" model.static_decode's steps)
 DTYPES: dict[str, tuple[torch.dtype, str]] = {
     "fp32": (torch.float32, "fast"), "bf16": (torch.bfloat16, "fast"),
+    "fp16": (torch.float16, "fast"),
     "fp32p": (torch.float32, "plain"), "bf16p": (torch.bfloat16, "plain"),
     "bf16i": (torch.bfloat16, "inductor"),
+    "fp32s": (torch.float32, "static"), "bf16s": (torch.bfloat16, "static"),
 }
+DEVICE = torch.device("cpu")  # set by --device
 # Weight-only int8 (activations bf16): name -> whether lm_head is quantised too.
 INT8_DTYPES = {"int8": False, "int8h": True}
 TINY_STARCODER: dict[str, Any] = dict(
@@ -54,19 +66,26 @@ TINY_STARCODER: dict[str, Any] = dict(
 )
 
 
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def median_ms(run: Callable[[], Any], repeats: int) -> float:
     run()  # warm-up
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         run()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
 
 
 def measure_bandwidth(megabytes: int = 1024, repeats: int = 5) -> float:
     """Bytes per second of a large read (a sum over a buffer much bigger than the caches)."""
-    buffer = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32)
+    buffer = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=DEVICE)
     ms = median_ms(lambda: buffer.sum(), repeats)
     return buffer.numel() * 4 / (ms / 1000)
 
@@ -90,7 +109,7 @@ def hf_twin(ours: GPTBigCodeForCausalLM) -> torch.nn.Module:
     config._attn_implementation = "sdpa"
     twin: torch.nn.Module = transformers.GPTBigCodeForCausalLM(config).eval()
     twin.load_state_dict(ours.state_dict())
-    return twin.to(ours.dtype)
+    return twin.to(DEVICE, ours.dtype)
 
 
 def ours_prefill(model: GPTBigCodeForCausalLM, ids: torch.Tensor) -> Callable[[], Any]:
@@ -103,8 +122,9 @@ def hf_prefill(model: torch.nn.Module, ids: torch.Tensor) -> Callable[[], Any]:
     return lambda: model(ids, use_cache=True)
 
 
-def ours_decode_ms(model: GPTBigCodeForCausalLM, ids: torch.Tensor, steps: int) -> float:
-    cache = KVCache(model.config, 1, ids.shape[1] + steps + 1, dtype=model.dtype)
+def ours_decode_ms(model: GPTBigCodeForCausalLM, ids: torch.Tensor, steps: int,
+                   decoder: StaticDecoder | None) -> float:
+    cache = KVCache(model.config, 1, ids.shape[1] + steps + 1, dtype=model.dtype, device=DEVICE)
     model(ids, past_key_values=cache, logits_to_keep=1)
     token = ids[:, -1:]
     context = cache.length
@@ -115,7 +135,15 @@ def ours_decode_ms(model: GPTBigCodeForCausalLM, ids: torch.Tensor, steps: int) 
             logits = model(token, past_key_values=cache).logits
             token.copy_(logits[:, -1].argmax(-1, keepdim=True))
 
-    return median_ms(run, 3) / steps
+    def run_static() -> None:
+        assert decoder is not None
+        cache.truncate(context)
+        decoder.start(cache)
+        next_token = int(ids[0, -1])
+        for _ in range(steps):  # reads each token back, as the server does
+            next_token = int(decoder.step(next_token).argmax())
+
+    return median_ms(run if decoder is None else run_static, 3) / steps
 
 
 def hf_decode_ms(model: torch.nn.Module, ids: torch.Tensor, steps: int) -> float:
@@ -139,16 +167,26 @@ def model_in(ours: GPTBigCodeForCausalLM, dtype_name: str) -> GPTBigCodeForCausa
         assert isinstance(quantised, GPTBigCodeForCausalLM)
         return quantised
     dtype, path = DTYPES[dtype_name]
-    variant = copy.deepcopy(ours).to(dtype)
-    if path != "plain":
+    variant = copy.deepcopy(ours).to(DEVICE, dtype)
+    if path in ("fast", "inductor") and DEVICE.type == "cpu":
         fast_decode(variant, native=path == "fast", inductor=path == "inductor")
     return variant
+
+
+def static_decoder(model: GPTBigCodeForCausalLM, dtype_name: str) -> StaticDecoder | None:
+    """The static decoder of the variants that run on one: fp32s/bf16s, and on a GPU the
+    served variants (a CUDA graph)."""
+    path = DTYPES[dtype_name][1] if dtype_name in DTYPES else "plain"
+    if path == "static" or (path == "fast" and DEVICE.type == "cuda"):
+        return StaticDecoder(model)
+    return None
 
 
 def bench_shape(
     name: str, ours: GPTBigCodeForCausalLM, dtype_name: str, steps: int, bandwidth: float
 ) -> list[dict[str, Any]]:
     ours = model_in(ours, dtype_name)
+    decoder = static_decoder(ours, dtype_name)
     hf = hf_twin(ours) if dtype_name in DTYPES else None
     floor_ms = weight_bytes(ours) / bandwidth * 1000
     rows = []
@@ -156,9 +194,10 @@ def bench_shape(
     for context in (512, 2048):
         context = min(context, ours.config.n_positions - steps - 1)
         ids = torch.randint(0, ours.config.vocab_size, (1, context), generator=generator)
+        ids = ids.to(DEVICE)
         row: dict[str, Any] = {"shape": name, "dtype": dtype_name, "context": context}
         row["prefill_tok_s_ours"] = context / median_ms(ours_prefill(ours, ids), 2) * 1000
-        row["decode_ms_ours"] = ours_decode_ms(ours, ids, steps)
+        row["decode_ms_ours"] = ours_decode_ms(ours, ids, steps, decoder)
         row["floor_ms"] = floor_ms
         row["decode_vs_floor"] = row["decode_ms_ours"] / floor_ms
         row.update(hf_columns(hf, ids, steps, row))
@@ -220,11 +259,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="decode steps per measurement")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-default", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args()
     unknown = set(args.dtypes.split(",")) - {*DTYPES, *INT8_DTYPES}
     if unknown:
         parser.error(f"unknown dtypes {sorted(unknown)}; "
                      f"choose from {','.join([*DTYPES, *INT8_DTYPES])}")
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch here")
+    cpu_only = {"bf16i", *INT8_DTYPES} & set(args.dtypes.split(","))
+    if DEVICE.type != "cpu" and cpu_only:
+        parser.error(f"{sorted(cpu_only)} run on the CPU only")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -237,7 +284,8 @@ def main() -> None:
         except CheckpointError as exc:
             print(f"default model skipped: {exc}")
     bandwidth = measure_bandwidth()
-    print(f"memory bandwidth (read): {bandwidth / 1e9:.1f} GB/s; threads {torch.get_num_threads()}")
+    print(f"device {DEVICE}; memory bandwidth (read): {bandwidth / 1e9:.1f} GB/s; "
+          f"threads {torch.get_num_threads()}")
     print(HEADER)
     rows = []
     with torch.inference_mode():
@@ -247,6 +295,7 @@ def main() -> None:
     add_int8_ratios(rows)
     print(json.dumps({
         "bench": "decode",
+        "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
         "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -1,0 +1,219 @@
+"""One-token decode steps on static buffers, replayed from a CUDA graph on the GPU.
+
+On a GPU a small model's decode step is bound by launching its few hundred kernels, not by
+the kernels: a CUDA graph records the launches once and replays them in one call. A graph
+replays fixed kernels on fixed addresses, so the step here touches nothing that moves:
+
+- the token and its position live in a device tensor that each step overwrites;
+- keys and values go to one workspace buffer of the model's full length, at the position
+  read from that tensor (`index_copy_`), never at a host-side slice;
+- which keys count is decided on the device too: a mask over the workspace (SDPA), or
+  flash-attn's `cache_seqlens` (`flash_attn_with_kvcache`, which writes the new row in
+  place and reads only the filled part);
+- the logits come out in the graph's own output tensor.
+
+A document's KVCache is copied into the workspace when its generation starts
+(`StaticDecoder.start`) and each new row is copied back after its step, so the document's
+cache ends exactly as `decode_one_token` would leave it. On the CPU (or with graph=False)
+the same step runs eagerly, which is how the tests check its arithmetic without a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, cast
+
+import torch
+import torch.nn.functional as F
+
+from .kv_cache import KVCache
+from .modeling import HALF_DTYPES, flash_attn_available
+
+if TYPE_CHECKING:
+    from .modeling import GPTBigCodeAttention, GPTBigCodeBlock, GPTBigCodeForCausalLM
+
+log = logging.getLogger(__name__)
+
+ATTENTION_KINDS = ("sdpa", "flash")
+
+
+def default_attention(model: GPTBigCodeForCausalLM) -> str:
+    """flash-attn's kv-cache entry point for CUDA half models where it is installed and the
+    model does not ask for another backend; masked SDPA otherwise."""
+    weight = model.transformer.wte.weight
+    requested = model.transformer.attn_implementation
+    usable = weight.is_cuda and weight.dtype in HALF_DTYPES and flash_attn_available()
+    return "flash" if usable and requested in (None, "flash_attention_2") else "sdpa"
+
+
+class StaticDecoder:
+    """Decode steps of one model on static buffers (module docstring), batch size one.
+
+        decoder = StaticDecoder(model)   # graph: captured on the first CUDA step
+        decoder.start(kv)                # after the prompt is in kv
+        logits = decoder.step(token)     # (vocab,), valid until the next step
+
+    One generation at a time: `start` hands the workspace to another cache.
+    """
+
+    def __init__(self, model: GPTBigCodeForCausalLM, *, graph: bool | None = None,
+                 attention: str | None = None) -> None:
+        config = model.config
+        weight = model.transformer.wte.weight
+        if attention is None:
+            attention = default_attention(model)
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention {attention!r} is not one of {list(ATTENTION_KINDS)}")
+        if attention == "flash" and not (
+            weight.is_cuda and weight.dtype in HALF_DTYPES and flash_attn_available()
+        ):
+            raise RuntimeError(
+                "attention='flash' needs the flash-attn package and a float16 or bfloat16 "
+                f"model on a CUDA device; this one is {weight.dtype} on {weight.device}"
+            )
+        if graph is None:
+            graph = weight.is_cuda
+        if graph and not weight.is_cuda:
+            raise RuntimeError(f"CUDA graphs need a model on a CUDA device, not {weight.device}")
+        self.model = model
+        self.attention = attention
+        self.use_graph = graph
+        self.device, self.dtype = weight.device, weight.dtype
+        self.workspace = KVCache(config, 1, config.n_positions, dtype=self.dtype,
+                                 device=self.device)
+        self.inputs = torch.zeros(2, dtype=torch.long, device=self.device)  # token, position
+        self.key_positions = torch.arange(config.n_positions, device=self.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None  # the graph's output
+        self.weights = self._weights_key()
+        self.kv: KVCache | None = None
+
+    def _weights_key(self) -> tuple[int, torch.dtype, torch.device]:
+        weight = self.model.transformer.wte.weight
+        return weight.data_ptr(), weight.dtype, weight.device
+
+    # -- a generation ---------------------------------------------------------------------
+
+    def start(self, kv: KVCache) -> None:
+        """Take over `kv` (its prompt already in it): copy its filled part to the workspace."""
+        if kv.batch_size != 1:
+            raise ValueError(f"StaticDecoder decodes one sequence, the cache has {kv.batch_size}")
+        if kv.dtype != self.dtype or kv.device != self.device:
+            raise ValueError(
+                f"the cache is {kv.dtype} on {kv.device} but the model is {self.dtype} on "
+                f"{self.device}; make the KVCache with the model's dtype and device"
+            )
+        if self._weights_key() != self.weights:
+            self.reset()  # the model moved or changed dtype: the graph read the old weights
+        n = kv.length
+        with torch.inference_mode():
+            self.workspace.buffer[:, :, :, :, :n].copy_(kv.buffer[:, :, :, :, :n])
+        self.workspace.length = n
+        self.kv = kv
+
+    def step(self, token: int) -> torch.Tensor:
+        """Append `token` to the started cache; the next token's logits (vocab,)."""
+        kv = self.kv
+        if kv is None:
+            raise RuntimeError("StaticDecoder.step before start(kv)")
+        position = self.workspace.length
+        if kv.length != position:
+            raise RuntimeError(
+                f"the cache holds {kv.length} tokens but {position} were decoded here: it was "
+                "changed since start(kv); call start again"
+            )
+        limit = self.model.config.n_positions
+        if position >= limit:
+            raise ValueError(f"the cache is full: {position} tokens, n_positions is {limit}")
+        if not 0 <= token < self.model.config.vocab_size:
+            raise ValueError(
+                f"token id {token} is outside [0, {self.model.config.vocab_size}) (vocab_size)"
+            )
+        # Under inference mode: caches filled by the server's prefill are inference tensors.
+        with torch.inference_mode():
+            self.inputs.copy_(torch.tensor([token, position]))
+            logits = self._replay() if self.use_graph else self.compute()
+            kv.reserve(position + 1)
+            kv.buffer[:, :, :, :, position].copy_(self.workspace.buffer[:, :, :, :, position])
+        kv.length = self.workspace.length = position + 1
+        return logits
+
+    def reset(self) -> None:
+        """Forget the graph (and the cache being decoded): the next step captures anew."""
+        self.graph, self.logits, self.kv = None, None, None
+        self.weights = self._weights_key()
+
+    # -- the step -------------------------------------------------------------------------
+
+    def compute(self) -> torch.Tensor:
+        """The step on the static buffers: logits (vocab,) of the token in `inputs`."""
+        body = self.model.transformer
+        position = self.inputs[1:]  # (1,)
+        x = body.wte(self.inputs[:1].view(1, 1)) + body.wpe(position)  # (1, 1, C)
+        allowed = (self.key_positions <= position).view(1, 1, 1, -1)  # (1, 1, 1, capacity)
+        seqlens = position.to(torch.int32)  # flash-attn: cached tokens before this one
+        for i, module in enumerate(body.h):
+            block = cast("GPTBigCodeBlock", module)
+            attn = block.attn
+            q, k, v = attn.split_qkv(block.ln_1(x))  # q (1, H, 1, D); k, v (1, KVH, 1, D)
+            if self.attention == "flash":
+                y = self.flash(i, attn, q, k, v, seqlens)
+            else:
+                y = self.sdpa(i, attn, q, k, v, position, allowed)
+            x = x + attn.c_proj(y)
+            x = x + block.mlp(block.ln_2(x))
+        return self.model.lm_head(body.ln_f(x))[0, 0]  # (V,)
+
+    def sdpa(self, layer: int, attn: GPTBigCodeAttention, q: torch.Tensor, k: torch.Tensor,
+             v: torch.Tensor, position: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """Write the row at `position`, attend over the whole workspace with positions after
+        it masked; (1, 1, C)."""
+        keys, values = self.workspace.buffer[layer, 0], self.workspace.buffer[layer, 1]
+        keys.index_copy_(2, position, k)  # keys, values: (1, KVH, capacity, D)
+        values.index_copy_(2, position, v)
+        H, D = attn.num_heads, attn.head_dim
+        if attn.multi_query:
+            q = q.reshape(1, 1, H, D)  # heads folded into the query axis against one K/V head
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, scale=attn.scale)
+        return y.reshape(1, 1, H * D)  # T = 1: (1, H, 1, D) and (1, 1, H, D) read the same
+
+    def flash(self, layer: int, attn: GPTBigCodeAttention, q: torch.Tensor, k: torch.Tensor,
+              v: torch.Tensor, seqlens: torch.Tensor) -> torch.Tensor:
+        """flash-attn's kv-cache entry point: it writes the row at `seqlens` and reads only
+        the filled part; (1, 1, C)."""
+        from flash_attn import flash_attn_with_kvcache
+
+        keys, values = self.workspace.buffer[layer, 0], self.workspace.buffer[layer, 1]
+        # flash-attn's layout is (B, S, KVH, D): a transposed view of ours, D still contiguous.
+        y = flash_attn_with_kvcache(
+            q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+            k=k.transpose(1, 2), v=v.transpose(1, 2), cache_seqlens=seqlens,
+            softmax_scale=attn.scale, causal=True,
+        )  # (1, 1, H, D)
+        return y.reshape(1, 1, attn.num_heads * attn.head_dim)
+
+    # -- the graph ------------------------------------------------------------------------
+
+    def _replay(self) -> torch.Tensor:
+        if self.graph is None:
+            self.capture()
+        assert self.graph is not None and self.logits is not None
+        self.graph.replay()
+        return self.logits
+
+    def capture(self) -> None:
+        """Record the step as a CUDA graph. Warm-up runs on a side stream first (lazy
+        initialisation must not happen during capture); they write the current position's
+        row, which the replay writes again."""
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.compute()
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self.compute()
+        self.graph = graph
+        log.info("decode step captured as a CUDA graph (%s attention)", self.attention)
