@@ -139,13 +139,19 @@ def test_attention_matches_exact_attention(heads: int, head_dim: int, length: in
     assert attend is not None
     got = attend(q, k, v, scale)
     assert got.shape == (heads, head_dim) and got.dtype == torch.bfloat16
-    exact = F.scaled_dot_product_attention(q.double()[None, None], k.double()[None, None],
-                                           v.double()[None, None], scale=scale)[0, 0]
-    # fp32 throughout, one rounding to bf16 at the end
-    torch.testing.assert_close(got.double(), exact, rtol=2**-7, atol=2e-3)
+    weights = (q.double() @ k.double().T * scale).softmax(-1)  # (heads, length)
+    exact = weights @ v.double()
+    # Scores and sums in fp32; the weights rounded to bf16 before they multiply V (as torch's
+    # bf16 attention does), which moves an output by at most 2^-9 of sum_t w_t |v_t|; one
+    # rounding to bf16 at the end. Twice those bounds:
+    bound = 2**-8 * (weights @ v.double().abs()) + 2**-8 * exact.abs()
+    error = (got.double() - exact).abs()
+    assert bool((error <= bound + 1e-6).all()), f"{int((error > bound + 1e-6).sum())} outputs"
     sdpa = F.scaled_dot_product_attention(q[None, None], k[None, None], v[None, None],
                                           scale=scale)[0, 0]
-    assert (got.double() - exact).abs().max() <= (sdpa.double() - exact).abs().max() + 2e-3
+    sdpa_error = (sdpa.double() - exact).abs()
+    assert error.max() <= sdpa_error.max() + 2e-3
+    assert error.mean() <= sdpa_error.mean() * 1.05
 
 
 @needs_attention

@@ -426,10 +426,71 @@ AVX512 static inline __m512 f32x16(const float *p) { return _mm512_loadu_ps(p); 
         }                                                                                     \
     }
 
-DEFINE_WEIGHTED_SUM(weighted_sum_64x6, uint16_t, bf16x16_to_f32, store16_bf16, 4, 6)
-DEFINE_WEIGHTED_SUM(weighted_sum_64x1, uint16_t, bf16x16_to_f32, store16_bf16, 4, 1)
-DEFINE_WEIGHTED_SUM(weighted_sum_128x3, uint16_t, bf16x16_to_f32, store16_bf16, 8, 3)
-DEFINE_WEIGHTED_SUM(weighted_sum_128x1, uint16_t, bf16x16_to_f32, store16_bf16, 8, 1)
+/* The bf16 weighted sums take two keys per step with AVX512-BF16 dot products: the two V rows
+ * interleaved (unpacklo/hi_epi16: value pairs (v_t[i], v_t+1[i])) against the pair of
+ * weights (e_t, e_t+1) broadcast, so one vdpbf16ps does 32 multiply-adds where fp32 FMAs did
+ * 16 and no widening of V is needed. The weights are rounded to bf16 for it, as torch's bf16
+ * attention rounds its probabilities before multiplying by V; sums and division stay fp32.
+ * pb[g] are G heads' weights as bf16 with one 0 after the last (for an odd s). The unpacks
+ * work within 128-bit lanes, so accumulator lane 4L + i of a 32-value chunk holds value
+ * 8L + i (lo) or 8L + 4 + i (hi); the stores put them back in order. */
+#define DEFINE_WEIGHTED_SUM_PAIRS(NAME, DC, G)                                                \
+    AVX512_BF16 static void NAME(uint16_t *const *pb, const float *sums, const uint16_t *v,   \
+                                 int64_t ldv, int64_t s, uint16_t *out) {                     \
+        __m512 acc[G][2 * DC];                                                                \
+        for (int g = 0; g < G; g++)                                                           \
+            for (int c = 0; c < 2 * DC; c++) acc[g][c] = _mm512_setzero_ps();                 \
+        for (int64_t t = 0; t < s; t += 2) {                                                  \
+            __m512i pairs[2 * DC];                                                            \
+            for (int c = 0; c < DC; c++) {                                                    \
+                __m512i a = _mm512_loadu_si512(v + t * ldv + 32 * c);                         \
+                __m512i b = t + 1 < s ? _mm512_loadu_si512(v + (t + 1) * ldv + 32 * c)        \
+                                      : _mm512_setzero_si512();                               \
+                pairs[2 * c] = _mm512_unpacklo_epi16(a, b);                                   \
+                pairs[2 * c + 1] = _mm512_unpackhi_epi16(a, b);                               \
+            }                                                                                 \
+            for (int g = 0; g < G; g++) {                                                     \
+                int32_t w2;                                                                   \
+                memcpy(&w2, pb[g] + t, sizeof w2);                                            \
+                __m512bh w = (__m512bh)_mm512_set1_epi32(w2);                                 \
+                for (int c = 0; c < 2 * DC; c++)                                              \
+                    acc[g][c] = _mm512_dpbf16_ps(acc[g][c], (__m512bh)pairs[c], w);           \
+            }                                                                                 \
+        }                                                                                     \
+        for (int g = 0; g < G; g++) {                                                         \
+            __m512 inv = _mm512_set1_ps(1.0f / sums[g]);                                      \
+            for (int c = 0; c < DC; c++) {                                                    \
+                float lo[16], hi[16];                                                         \
+                _mm512_storeu_ps(lo, _mm512_mul_ps(acc[g][2 * c], inv));                      \
+                _mm512_storeu_ps(hi, _mm512_mul_ps(acc[g][2 * c + 1], inv));                  \
+                uint16_t *o = out + g * 32 * DC + 32 * c;                                     \
+                for (int lane = 0; lane < 4; lane++)                                          \
+                    for (int i = 0; i < 4; i++) {                                             \
+                        o[8 * lane + i] = to_bf16(lo[4 * lane + i]);                          \
+                        o[8 * lane + 4 + i] = to_bf16(hi[4 * lane + i]);                      \
+                    }                                                                         \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+DEFINE_WEIGHTED_SUM_PAIRS(weighted_pairs_64x6, 2, 6)
+DEFINE_WEIGHTED_SUM_PAIRS(weighted_pairs_64x1, 2, 1)
+DEFINE_WEIGHTED_SUM_PAIRS(weighted_pairs_128x2, 4, 2)
+DEFINE_WEIGHTED_SUM_PAIRS(weighted_pairs_128x1, 4, 1)
+
+/* e (s floats) to bf16 in place at its start, with a 0 after the last: the bf16 writes stay
+ * behind the float reads. */
+AVX512_BF16 static uint16_t *weights_to_bf16(float *e, int64_t s) {
+    uint16_t *pb = (uint16_t *)e;
+    int64_t i = 0;
+    for (; i + 16 <= s; i += 16) {
+        __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(e + i));
+        _mm256_storeu_si256((__m256i *)(pb + i), (__m256i)h);
+    }
+    for (; i < s; i++) pb[i] = to_bf16(e[i]);
+    pb[s] = 0;
+    return pb;
+}
 DEFINE_WEIGHTED_SUM(weighted_sum_f32_64x6, float, f32x16, store16_f32, 4, 6)
 DEFINE_WEIGHTED_SUM(weighted_sum_f32_64x1, float, f32x16, store16_f32, 4, 1)
 DEFINE_WEIGHTED_SUM(weighted_sum_f32_128x3, float, f32x16, store16_f32, 8, 3)
@@ -495,9 +556,29 @@ AVX512_BF16 static void mqa_core(const uint16_t *q, const uint16_t *k, const uin
         int64_t t0 = 16 * b, n = s - t0 < 16 ? s - t0 : 16;
         block_scores(qv, heads, dv32, k, ldkv, t0, n, scale, e, s);
     }
+    /* heads' weights as bf16 in place; s + 1 values fit in the s floats of a head when
+     * s >= 1 (2s + 2 <= 4s bytes) */
+    uint16_t *pb[48];
 #pragma omp parallel for schedule(static)
-    for (int64_t h = 0; h < heads; h++) sums[h] = softmax_numerators(e + h * s, s);
-    WEIGHTED_SUMS(_);
+    for (int64_t h = 0; h < heads; h++) {
+        sums[h] = softmax_numerators(e + h * s, s);
+        pb[h] = weights_to_bf16(e + h * s, s);
+    }
+    const int64_t group = d == 64 ? 6 : 2, full = heads / group;
+#pragma omp parallel for schedule(static)
+    for (int64_t h = 0; h < heads; h++) {
+        if (h < full * group) {
+            if (h % group != 0) continue;
+            if (d == 64)
+                weighted_pairs_64x6(pb + h, sums + h, v, ldkv, s, out + h * d);
+            else
+                weighted_pairs_128x2(pb + h, sums + h, v, ldkv, s, out + h * d);
+        } else if (d == 64) {
+            weighted_pairs_64x1(pb + h, sums + h, v, ldkv, s, out + h * d);
+        } else {
+            weighted_pairs_128x1(pb + h, sums + h, v, ldkv, s, out + h * d);
+        }
+    }
 }
 
 AVX512 static void mqa_core_f32(const float *q, const float *k, const float *v, int64_t ldkv,
