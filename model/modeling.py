@@ -594,7 +594,7 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
         or quantize_int8 (with AVX512-VNNI), each block is one call of model.native's fused
         kernel, which rounds where torch's path rounds but keeps the attention's softmax in
         fp32; where the fused kernel does not apply, the attention alone may still run
-        natively (about 1.5x faster than SDPA at 2,048 tokens). The native paths share one
+        natively (about 1.75x faster than SDPA at 2,048 tokens). The native paths share one
         scratch buffer per model: one decode at a time.
         """
         cfg = self.config
