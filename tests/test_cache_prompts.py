@@ -37,13 +37,7 @@ def tok(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     return tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Models this small run best on one thread, and a shared machine makes more thrash.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: one thread
 
 
 def words(tok: Tokenizer, text: str) -> list[int]:

@@ -3,7 +3,6 @@ generation's stop rules, cancellation between tokens, layouts; type-through and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,13 +30,7 @@ LINE_END = TEXT.index("    a, b = 0, 1") + len("    a, b = 0, 1")
 MID_LINE = TEXT.index("math.hypot(") + len("math.hypot(")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matrices: a second thread only adds waiting on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: one thread
 
 
 @pytest.fixture(scope="module")

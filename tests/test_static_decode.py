@@ -4,8 +4,6 @@ and flash-attn's kv-cache entry point against the eager step."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -17,12 +15,7 @@ from model.static_decode import StaticDecoder
 CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: one thread
 
 
 def tiny(multi_query: bool = True, n_positions: int = 64, seed: int = 0
