@@ -311,3 +311,48 @@ def test_fused_q8_blocks_for_int8_models_match_the_unfused_int8_path() -> None:
     # the same q8 products and native attention, one call per block instead of per operation
     torch.testing.assert_close(with_fused.float(), unfused.float(), rtol=0.03, atol=0.03)
     assert torch.equal(model.generate(ids, max_new_tokens=16), tokens)
+
+
+@pytest.mark.parametrize("count", [2, 5, 8])
+def test_a_few_tokens_after_a_cache_attend_natively_as_one_token_steps_do(
+    count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model import native
+
+    kernel = native.attention_kernel(64)
+    if kernel is None:
+        pytest.skip("no AVX512-BF16 native kernels here")
+    torch.manual_seed(0)
+    config = GPTBigCodeConfig(vocab_size=160, n_positions=64, n_embd=256, n_layer=2, n_head=4,
+                              resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                              initializer_range=0.2)  # head_dim 64: the kernel's
+    reference = GPTBigCodeForCausalLM(config).eval()
+    plain = copy.deepcopy(reference).to(torch.bfloat16)
+    fast = fast_decode(copy.deepcopy(plain))
+    calls = []
+
+    def counted(head_dim: int) -> native.Attention | None:
+        calls.append(head_dim)
+        return kernel
+
+    monkeypatch.setattr("model.modeling.native.attention_kernel", counted)
+    ids = torch.randint(0, 160, (1, 30 + count), generator=torch.Generator().manual_seed(1))
+
+    def after_prompt(model: GPTBigCodeForCausalLM, one_at_a_time: bool) -> torch.Tensor:
+        cache = KVCache(config, 1, 40, dtype=model.dtype)
+        with torch.inference_mode():
+            model(ids[:, :30], past_key_values=cache)
+            if not one_at_a_time:
+                return model(ids[:, 30:], past_key_values=cache).logits.float()  # (1, T, V)
+            return torch.cat([model(ids[:, t:t + 1], past_key_values=cache).logits.float()
+                              for t in range(30, 30 + count)], dim=1)
+
+    together = after_prompt(fast, one_at_a_time=False)
+    assert calls == [64] * config.n_layer  # one lookup per layer of the few-token forward
+    # The same arithmetic as one-token steps (products on the few-row kernel instead of
+    # the one-row kernel: the same sums, accumulated in another order).
+    torch.testing.assert_close(together, after_prompt(fast, one_at_a_time=True),
+                               rtol=0.01, atol=0.01)
+    exact = after_prompt(reference, one_at_a_time=False)
+    plain_error = (after_prompt(plain, one_at_a_time=False) - exact).abs()
+    assert (together - exact).abs().mean() <= plain_error.mean() * 1.1
