@@ -250,11 +250,15 @@ class CompletionEngine:
         """A function that appends a token to `kv` (its prompt already in it) and returns
         the next token's logits (vocab,): the static decoder where there is one."""
         decoder = self.decoder
-        if decoder is not None:
-            decoder.start(kv)
-            return decoder.step
+        started = False
 
         def step(token: int) -> torch.Tensor:
+            nonlocal started
+            if decoder is not None:
+                if not started:  # copy the prompt's K/V only when a step is really taken
+                    decoder.start(kv)
+                    started = True
+                return decoder.step(token)
             with torch.inference_mode():
                 ids = torch.tensor([[token]], dtype=torch.long, device=kv.device)  # (1, 1)
                 return decode_one_token(self.model, ids, kv)[0]  # (vocab,)

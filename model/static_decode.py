@@ -58,7 +58,6 @@ class StaticDecoder:
 
     def __init__(self, model: GPTBigCodeForCausalLM, *, graph: bool | None = None,
                  attention: str | None = None) -> None:
-        config = model.config
         weight = model.transformer.wte.weight
         if attention is None:
             attention = default_attention(model)
@@ -78,15 +77,20 @@ class StaticDecoder:
         self.model = model
         self.attention = attention
         self.use_graph = graph
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None  # the graph's output
+        self.kv: KVCache | None = None
+        self.allocate()
+
+    def allocate(self) -> None:
+        """The static buffers, in the model's dtype and on its device as they are now."""
+        config, weight = self.model.config, self.model.transformer.wte.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.workspace = KVCache(config, 1, config.n_positions, dtype=self.dtype,
                                  device=self.device)
         self.inputs = torch.zeros(2, dtype=torch.long, device=self.device)  # token, position
         self.key_positions = torch.arange(config.n_positions, device=self.device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: torch.Tensor | None = None  # the graph's output
         self.weights = self._weights_key()
-        self.kv: KVCache | None = None
 
     def _weights_key(self) -> tuple[int, torch.dtype, torch.device]:
         weight = self.model.transformer.wte.weight
@@ -96,6 +100,8 @@ class StaticDecoder:
 
     def start(self, kv: KVCache) -> None:
         """Take over `kv` (its prompt already in it): copy its filled part to the workspace."""
+        if self._weights_key() != self.weights:
+            self.reset()  # the model moved or changed dtype: new buffers, a new graph
         if kv.batch_size != 1:
             raise ValueError(f"StaticDecoder decodes one sequence, the cache has {kv.batch_size}")
         if kv.dtype != self.dtype or kv.device != self.device:
@@ -103,8 +109,6 @@ class StaticDecoder:
                 f"the cache is {kv.dtype} on {kv.device} but the model is {self.dtype} on "
                 f"{self.device}; make the KVCache with the model's dtype and device"
             )
-        if self._weights_key() != self.weights:
-            self.reset()  # the model moved or changed dtype: the graph read the old weights
         n = kv.length
         with torch.inference_mode():
             self.workspace.buffer[:, :, :, :, :n].copy_(kv.buffer[:, :, :, :, :n])
@@ -139,9 +143,12 @@ class StaticDecoder:
         return logits
 
     def reset(self) -> None:
-        """Forget the graph (and the cache being decoded): the next step captures anew."""
+        """Forget the graph, the buffers and the cache being decoded (after the model's
+        weights moved): the next step captures anew."""
+        if self.use_graph and not self.model.transformer.wte.weight.is_cuda:
+            raise RuntimeError("the model left its CUDA device: make a new StaticDecoder")
         self.graph, self.logits, self.kv = None, None, None
-        self.weights = self._weights_key()
+        self.allocate()
 
     # -- the step -------------------------------------------------------------------------
 

@@ -118,8 +118,7 @@ def test_the_decoder_follows_the_model_to_another_dtype() -> None:
     decoder = StaticDecoder(model)
     decoder.start(prefilled(model, torch.tensor([[1, 2]]), 4))
     decoder.step(3)
-    model.to(torch.bfloat16)
-    decoder = StaticDecoder(model)  # buffers are per dtype: a new decoder for the new model
+    model.to(torch.bfloat16)  # the same decoder: its buffers follow at the next start
     kv, reference = (prefilled(model, torch.tensor([[1, 2]]), 4) for _ in range(2))
     decoder.start(kv)
     with torch.inference_mode():
