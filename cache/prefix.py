@@ -7,11 +7,16 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import torch
 
 from model import KVCache
+
+if TYPE_CHECKING:
+    from model.decoders import Decoder
+
+    from .session import CacheSession
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +43,7 @@ def memory_kind(device: torch.device) -> MemoryKind:
 
 @dataclass
 class CacheStats:
-    """Counters of a PrefixCache. A hit is a lookup that reused at least one token;
-    `window_moves` is counted by a PromptBuilder given these stats."""
+    """Counters of a PrefixStore. A hit is a lookup that reused at least one token."""
 
     entries: int = 0
     gpu_bytes: int = 0
@@ -49,7 +53,6 @@ class CacheStats:
     tokens_reused: int = 0
     tokens_computed: int = 0
     evictions: int = 0
-    window_moves: int = 0
 
     def snapshot(self) -> CacheStats:
         """A copy that later work does not change."""
@@ -89,11 +92,13 @@ class Lookup:
     logits: torch.Tensor | None = None
 
 
-class PrefixCache:
+class PrefixStore:
     """Entries per (document uri, layout), least recently used evicted first.
 
     `gpu_bytes` and `cpu_bytes` bound the bytes of entries whose buffers live in that memory
-    (None: no bound). One inference worker owns a cache; it takes no locks.
+    (None: no bound). An entry's ids always equal what its buffers hold: a request works on
+    an entry through a CacheSession (cache/session.py), which commits or drops it at the end.
+    One inference worker owns a store; it takes no locks.
     """
 
     def __init__(self, *, gpu_bytes: int | None = None, cpu_bytes: int | None = None) -> None:
@@ -120,6 +125,12 @@ class PrefixCache:
 
     # -- reuse ------------------------------------------------------------------------------
 
+    def open(self, key: CacheKey, decoder: Decoder) -> CacheSession:
+        """A session on `key`'s entry for one request (see CacheSession)."""
+        from .session import CacheSession  # the session module builds on this one
+
+        return CacheSession(self, key, decoder)
+
     def lookup(self, key: CacheKey, ids: Sequence[int]) -> Lookup:
         """Keep the longest common prefix of the cached ids and `ids`, forget the rest.
 
@@ -134,7 +145,10 @@ class PrefixCache:
             return Lookup(kv=None, reused=0)
         self._entries.move_to_end(key)
         if entry.kv.length != len(entry.ids):
-            self._reconcile(entry)
+            raise RuntimeError(
+                f"{key[0]} ({key[1]}): the entry's buffers hold {entry.kv.length} tokens but "
+                f"{len(entry.ids)} ids were committed; extend buffers through a CacheSession"
+            )
         common = longest_common_prefix(entry.ids, ids)
         if common == len(ids) == len(entry.ids) and entry.logits is not None:
             self._count_reuse(common)
@@ -146,15 +160,6 @@ class PrefixCache:
         self._count_reuse(reused)
         self._refresh()
         return Lookup(kv=entry.kv, reused=reused)
-
-    @staticmethod
-    def _reconcile(entry: CacheEntry) -> None:
-        """Agree ids and buffers again after the buffers were used without a commit."""
-        if entry.kv.length > len(entry.ids):  # e.g. tokens generated and not committed
-            entry.kv.truncate(len(entry.ids))
-        else:
-            del entry.ids[entry.kv.length :]
-            entry.logits = None
 
     def _count_reuse(self, reused: int) -> None:
         if reused:

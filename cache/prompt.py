@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .layout import Layout, TextTokenizer, assemble, check_layout, split
-from .prefix import CacheKey, CacheStats
+from .prefix import CacheKey
 from .window import (
     ContextBudget,
     Edit,
@@ -51,20 +51,13 @@ class DocumentWindow:
 
 
 class PromptBuilder:
-    """Builds prompts within a token budget and counts window moves into `stats`.
+    """Builds prompts within a token budget; `window_moves` counts the moves of a window's
+    edges that edits did not cause (each costs the tokens after the moved edge)."""
 
-    Pass the PrefixCache's stats to have the moves reported with the cache's counters.
-    """
-
-    def __init__(
-        self,
-        tokenizer: TextTokenizer,
-        budget: ContextBudget | None = None,
-        stats: CacheStats | None = None,
-    ) -> None:
+    def __init__(self, tokenizer: TextTokenizer, budget: ContextBudget | None = None) -> None:
         self.tokenizer = tokenizer
         self.budget = budget or ContextBudget()
-        self.stats = stats if stats is not None else CacheStats()
+        self.window_moves = 0
         self._windows: dict[CacheKey, DocumentWindow] = {}
 
     def build(self, uri: str, text: str, cursor: int, layout: Layout | str = "spm") -> Prompt:
@@ -78,7 +71,7 @@ class PromptBuilder:
         limit = self.budget.tokens - len(suffix)  # the prefix may use what the suffix leaves
         prefix, line = self._fit_prefix(window, layout, text, cursor, limit)
         if not window.fresh:  # a move: an edge not where the edits carried it
-            self.stats.window_moves += (window.start, window.end) != carried
+            self.window_moves += (window.start, window.end) != carried
         window.fresh = False
         end = cursor if layout == "plain" else self._end(window, text)
         ids = assemble(layout, self.tokenizer.fim, prefix, line, suffix)

@@ -1,11 +1,5 @@
-"""Incremental tagging of whole documents for diagnostics.
-
-Each open document keeps, per window of tokens, its ids, KV buffers and the label
-probabilities of every token. The backbone is causal, so after an edit a window's tokens
-before the first changed one keep their probabilities: only the rest is run again. Windows
-after an edit that shifts tokens start from scratch (their ids moved); with a model of
-8k positions a typical file is one window.
-"""
+"""Incremental tagging of whole documents for diagnostics: per open document, each window's
+ids, KV buffers and label probabilities, run again only from the first changed token."""
 
 from __future__ import annotations
 
@@ -41,7 +35,13 @@ class Scan:
 
 
 class DocumentScanner:
-    """Per-document tagging state under a least-recently-used limit on documents."""
+    """Per-document tagging state under a least-recently-used limit on documents.
+
+    The backbone is causal, so after an edit a window's tokens before the first changed one
+    keep their probabilities: only the rest is run again. Windows after an edit that shifts
+    tokens start from scratch (their ids moved); with a model of 8k positions a typical file
+    is one window.
+    """
 
     def __init__(self, model: DiagnosticsModel, max_documents: int = 64) -> None:
         if max_documents < 1:

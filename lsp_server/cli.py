@@ -97,14 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     configure_logging(args.verbose, args.log_file)
-    import torch
-
+    from .engine import set_threads
     from .options import merge
     from .server import server
     from .wire import FramedInput
 
     if args.threads is not None:
-        torch.set_num_threads(max(args.threads, 1))
+        set_threads(max(args.threads, 1))
     given = {k: v for k, v in {"model": args.model, "device": args.device, "dtype": args.dtype,
                                "quantize": args.quantize}.items() if v is not None}
     server.options, problems = merge(server.options, given)

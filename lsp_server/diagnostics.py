@@ -1,38 +1,19 @@
-"""Diagnostics from the classification heads: hard-coded secrets and personal data (BIO tags
-over the document, recomputed from the first changed token), functions that look like a bug
-(scored one by one, remembered by their text), their LSP form, and the code action that moves
-a secret into an environment variable lookup.
-
-The text of a finding never reaches a log or a message: diagnostics name the label and score.
-"""
+"""Diagnostics in LSP form: findings as diagnostics (label and score, never the flagged text)
+and the quick fix that moves a hard-coded secret into an environment variable lookup."""
 
 from __future__ import annotations
 
 import ast
-import hashlib
-import logging
 import re
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from lsprotocol import types
 
-from cache.scanner import DocumentScanner
-from model.functions import functions_of
-from model.heads import DIAGNOSTICS_DIR, DiagnosticsModel, load_tokenizer
-from model.tagging import SECRET_TYPES, decode_entities
-from model.tokenizer import Tokenizer
-
 from .documents import Document, PositionEncoding
-from .options import DiagnosticsOptions
-
-log = logging.getLogger(__name__)
+from .engine.diagnose import Finding
+from .engine.findings_policy import BUG, SECRET_TYPES
 
 SOURCE = "gptbigcode"
-BUG = "BUG"
-PERSONAL_TYPES = frozenset({"EMAIL", "IP_ADDRESS"})
 MESSAGES = {
     "KEY": "Hard-coded API key or token",
     "PASSWORD": "Hard-coded password",
@@ -41,123 +22,9 @@ MESSAGES = {
     "IP_ADDRESS": "Public IP address in the source",
     BUG: "This function looks like it may contain a bug",
 }
-BUG_MEMO = 4096  # function scores remembered, by the SHA-256 of their text
 
 
-@dataclass(frozen=True)
-class Finding:
-    """Characters [start, end) of a document flagged with a label and a probability."""
-
-    start: int
-    end: int
-    label: str  # an entity type (KEY, PASSWORD, ...) or BUG
-    score: float
-
-    @property
-    def code(self) -> str:
-        if self.label == BUG:
-            return "bug/looks-wrong"
-        kind = "secret" if self.label in SECRET_TYPES else "pii"
-        return f"{kind}/{self.label}"
-
-
-class Diagnoser:
-    """The diagnostics model with its per-document state; lives on the inference worker."""
-
-    def __init__(self, model: DiagnosticsModel, tok: Tokenizer, max_documents: int = 64) -> None:
-        self.model = model
-        self.tok = tok
-        self.scanner = DocumentScanner(model, max_documents)
-        self.bug_scores: OrderedDict[bytes, float] = OrderedDict()
-        self.tokens_computed = 0
-        self.functions_scored = 0
-
-    @classmethod
-    def load(cls, name: str) -> Diagnoser:
-        folder = DIAGNOSTICS_DIR if name == "default" else Path(name).expanduser()
-        return cls(DiagnosticsModel.from_pretrained(folder), load_tokenizer(folder))
-
-    def thresholds(self, options: DiagnosticsOptions) -> dict[str, float]:
-        limits = dict(self.model.settings.thresholds)
-        for label in self.model_types():
-            override = (options.secret_threshold if label in SECRET_TYPES
-                        else options.personal_data_threshold)
-            limits[label] = override if override is not None else limits.get(label, 0.5)
-        if options.bug_threshold is not None:
-            limits[BUG] = options.bug_threshold
-        limits.setdefault(BUG, 0.5)
-        return limits
-
-    def model_types(self) -> list[str]:
-        return list(dict.fromkeys(name[2:] for name in self.model.labels if name != "O"))
-
-    def findings(self, uri: str, text: str, language_id: str, options: DiagnosticsOptions,
-                 cancelled: Callable[[], bool] = lambda: False) -> list[Finding] | None:
-        """Everything the options ask for in `text`, sorted; None when cancelled part-way."""
-        limits = self.thresholds(options)
-        found: list[Finding] = []
-        if options.secrets or options.personal_data:
-            ids, offsets = self.tok.encode_with_offsets(text, as_text=True)
-            scan = self.scanner.scan(uri, ids, cancelled)
-            if scan is None:
-                return None
-            self.tokens_computed += scan.computed
-            wanted = (SECRET_TYPES if options.secrets else frozenset()) | (
-                PERSONAL_TYPES if options.personal_data else frozenset())
-            found += [Finding(e.start, e.end, e.label, e.score)
-                      for e in decode_entities(text, offsets, scan.probs, self.model.labels, limits)
-                      if e.label in wanted]
-        if options.bugs and language_id == "python":
-            for start, end, function_text in python_functions(text):
-                if cancelled():
-                    return None
-                score = self.bug_probability(function_text)
-                if score >= limits[BUG]:
-                    found.append(Finding(start, end, BUG, score))
-        return sorted(found, key=lambda f: (f.start, f.end, f.label))
-
-    def bug_probability(self, function_text: str) -> float:
-        key = hashlib.sha256(function_text.encode("utf-8", "surrogatepass")).digest()
-        score = self.bug_scores.get(key)
-        if score is None:
-            score = self.model.bug_probability(self.tok.encode_text(function_text))
-            self.functions_scored += 1
-            self.bug_scores[key] = score
-            if len(self.bug_scores) > BUG_MEMO:
-                self.bug_scores.popitem(last=False)
-        else:
-            self.bug_scores.move_to_end(key)
-        return score
-
-    def forget(self, uri: str) -> None:
-        self.scanner.drop(uri)
-
-
-def python_functions(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, dedented text) of each function the bug head was trained on: start..end is
-    the name in its `def` line. Nothing while the file does not parse (mid-edit)."""
-    try:
-        functions = functions_of(text)
-    except (SyntaxError, ValueError, RecursionError):
-        return []
-    spans = []
-    for fn in functions:
-        line_start = len(fn.context)
-        line_end = text.find("\n", line_start)
-        header = text[line_start : len(text) if line_end < 0 else line_end]
-        name = fn.name.rsplit(".", 1)[-1]
-        found = re.search(rf"\bdef\s+({re.escape(name)})\b", header)
-        if found is None:  # a decorator line comes first: find the def below it
-            index = text.find(f"def {name}", line_start)
-            start, end = (index + 4, index + 4 + len(name)) if index >= 0 else (line_start,
-                                                                                  line_start)
-        else:
-            start, end = line_start + found.start(1), line_start + found.end(1)
-        spans.append((start, end, fn.text))
-    return spans
-
-
-# -- LSP ------------------------------------------------------------------------------------
+# -- findings as diagnostics ------------------------------------------------------------------
 
 
 def to_lsp(findings: list[Finding], document: Document, encoding: PositionEncoding

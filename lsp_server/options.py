@@ -26,11 +26,15 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
+from .text import camel, shorten
+
 SECTION = "gptbigcode"
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 Quantize = Literal["none", "int8"]
 FimLayout = Literal["auto", "spm", "psm"]
+DecodePath = Literal["auto", "torch", "inductor", "native", "cuda-graph"]
+DECODE_PATHS: tuple[str, ...] = get_args(DecodePath)
 Check = Callable[[Any], "str | None"]  # why a well-typed value is still invalid, or None
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -91,15 +95,19 @@ class Options:
     device: str = _option("auto", check=_device)  # "auto": CUDA when there is one, else CPU
     dtype: Dtype = "auto"  # "auto": bf16 on a GPU or CPU that computes it natively, else fp32
     quantize: Quantize = "none"  # "int8": int8 weights, ~1.4x faster decode in bf16 on a CPU
-    # Faster decode steps. CPU, None: native kernels, plus Inductor for half-precision models
-    # of AUTO_COMPILE_PARAMETERS or more where those do not run; True: both wherever they
-    # apply. CUDA, None or True: steps replayed from a CUDA graph. False: plain PyTorch.
-    compile_decode: bool | None = None
+    # How decode steps run. "auto": a CUDA graph on a GPU; on a CPU the native kernels where
+    # they apply, Inductor for half-precision models of 50M parameters or more where they do
+    # not, plain PyTorch otherwise. The others ask for one path (where it cannot run: a
+    # warning, and "auto").
+    decode_path: DecodePath = "auto"
     max_new_tokens: int = _option(64, check=_at_least(1))
     temperature: float = _option(0.0, check=_at_least(0.0))  # 0.0: greedy
     top_p: float = _option(1.0, check=_top_p)
     context_tokens: int | None = _option(None, check=_at_least(16))  # None: n_positions
-    fim_layout: FimLayout = "auto"  # "auto": from the model's tokenizer and training
+    # "auto" and "spm": suffix first, so a keystroke at the cursor appends to the prompt
+    # (StarCoder-family models are trained on both orders); "psm": prefix first, the cursor's
+    # line after <fim_middle>. A tokenizer without FIM tokens gets plain text before the cursor.
+    fim_layout: FimLayout = "auto"
     stop: list[str] = _option(factory=list, check=_stop_strings)  # a single string is one
     debounce_ms: int = _option(50, check=_at_least(0))
     time_budget_ms: int = _option(2000, check=_at_least(1))  # per generation
@@ -151,16 +159,11 @@ def _structure_literal(value: Any, hint: Any) -> Any:
     return value
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(word.title() for word in rest)
-
-
 def _camel_case_fields(converter: cattrs.Converter) -> Callable[[Any], Any]:
     """An unstructure hook factory writing dataclass fields under their camelCase names."""
 
     def factory(cls: Any) -> Any:
-        renames: dict[str, Any] = {f.name: override(rename=_camel(f.name)) for f in fields(cls)}
+        renames: dict[str, Any] = {f.name: override(rename=camel(f.name)) for f in fields(cls)}
         return make_dict_unstructure_fn(cls, converter, **renames)
 
     return factory
@@ -201,8 +204,32 @@ def merge(current: T, raw: object) -> tuple[T, list[str]]:
     if section is None:
         return current, []
     if not isinstance(section, Mapping):
-        return current, [f"{SECTION}: options must be an object, got {_short(section)}; ignored"]
-    return _merge_section(current, section, f"{SECTION}.")
+        got = shorten(repr(section), 60)
+        return current, [f"{SECTION}: options must be an object, got {got}; ignored"]
+    notes: list[str] = []
+    if isinstance(current, Options):
+        section, notes = _renamed(section)
+    merged, messages = _merge_section(current, section, f"{SECTION}.")
+    return merged, notes + messages
+
+
+def _renamed(section: Mapping[Any, Any]) -> tuple[Mapping[Any, Any], list[str]]:
+    """`compileDecode` (true / false / null) is the old, misleading name of `decodePath`: it is
+    still taken, false as "torch" and true or null as "auto", with a message saying so."""
+    if "compileDecode" not in section:
+        return section, []
+    value = section["compileDecode"]
+    rest = {key: item for key, item in section.items() if key != "compileDecode"}
+    paths = ", ".join(map(repr, DECODE_PATHS))
+    old = f"{SECTION}.compileDecode is deprecated: use decodePath ({paths})"
+    if "decodePath" in rest:
+        return rest, [f"{old}; ignored, decodePath is set"]
+    if value is not None and not isinstance(value, bool):
+        return rest, [f"{old}; {shorten(repr(value), 60)} is not true, false or null, ignored"]
+    path = "torch" if value is False else "auto"
+    shown = {None: "null", False: "false", True: "true"}[value]
+    message = f"{old}; compileDecode {shown} is taken as decodePath {path!r}"
+    return {**rest, "decodePath": path}, [message]
 
 
 def as_json(options: Any) -> dict[str, Any]:
@@ -212,7 +239,7 @@ def as_json(options: Any) -> dict[str, Any]:
 
 
 def _merge_section(current: T, raw: Mapping[Any, Any], path: str) -> tuple[T, list[str]]:
-    by_key = {_camel(f.name): f for f in fields(current)}  # type: ignore[arg-type]
+    by_key = {camel(f.name): f for f in fields(current)}  # type: ignore[arg-type]
     hints = get_type_hints(type(current))
     changes: dict[str, Any] = {}
     messages: list[str] = []
@@ -237,7 +264,8 @@ def _merge_value(
     if is_dataclass(hint):
         if isinstance(value, Mapping):
             return _merge_section(old, value, f"{name}.")
-        return old, [f"{name}: expected an object, got {_short(value)}; keeping the current values"]
+        got = shorten(repr(value), 60)
+        return old, [f"{name}: expected an object, got {got}; keeping the current values"]
     try:
         new = CONVERTER.structure(value, hint)
         check = spec.metadata.get("check")
@@ -246,7 +274,7 @@ def _merge_value(
         problem = str(err)
     if problem is None:
         return new, []
-    return old, [f"{name}: {_short(value)} is invalid ({problem}); using {old!r}"]
+    return old, [f"{name}: {shorten(repr(value), 60)} is invalid ({problem}); using {old!r}"]
 
 
 def _default(spec: Field[Any]) -> Any:
@@ -259,8 +287,3 @@ def _unknown_key(name: str, key: Any, known: Mapping[str, Any]) -> str:
     close = difflib.get_close_matches(str(key), list(known), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"{name}: unknown option, ignored{hint}"
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

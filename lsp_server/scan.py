@@ -1,11 +1,5 @@
-"""`gptbigcode-lsp scan PATH...`: the diagnostics of the server, for files on disk, one JSON
-line per finding on stdout; exit status 1 when something is found, so it can run in a
-pre-commit hook. The flagged text itself is never printed.
-
-Folders are walked (skipping version-control, virtual-environment and dependency folders);
-files that are binary, not UTF-8 or larger than --max-bytes are skipped with a note on stderr.
-Exit status: 0 nothing found, 1 findings, 2 a usage error or a file that could not be read.
-"""
+"""`gptbigcode-lsp scan PATH...`: the server's diagnostics for files on disk, one JSON line per
+finding on stdout (never the flagged text), so it can run in a pre-commit hook."""
 
 from __future__ import annotations
 
@@ -16,8 +10,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .diagnostics import Diagnoser, Finding
 from .documents import offset_to_position
+from .engine import Diagnoser, Finding, set_threads
 from .options import DiagnosticsOptions
 
 SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__",
@@ -100,6 +94,9 @@ def finding_json(path: Path, text: str, f: Finding) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 nothing found, 1 findings, 2 a usage error or a file that could not be
+    read. Folders are walked, skipping version-control, virtual-environment and dependency
+    folders; binary, non-UTF-8 and files over --max-bytes are skipped (with a note on stderr)."""
     args = build_parser().parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         print("gptbigcode-lsp scan: --threshold must be in [0, 1]", file=sys.stderr)
@@ -109,10 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gptbigcode-lsp scan: no such file or folder: {', '.join(missing)}",
               file=sys.stderr)
         return 2
-    import torch
-
     if args.threads is not None:
-        torch.set_num_threads(max(args.threads, 1))
+        set_threads(max(args.threads, 1))
     try:
         diagnoser = Diagnoser.load(args.model)
     except Exception as error:

@@ -1,8 +1,5 @@
-"""The functions of a Python source file as the bug head reads them: top-level functions and
-methods (nested ones stay inside their parent), dedented to column 0, each with the file's
-text before it. Used to build the head's training data and, in the server, to score a
-document's functions.
-"""
+"""The functions of a Python source file as the bug head reads them (top-level functions and
+methods, dedented, with the file's text before them): its training data and its input alike."""
 
 from __future__ import annotations
 
@@ -40,7 +37,6 @@ class Function:
     name: str
     text: str
     context: str
-
 
 
 def extract_functions(files: Sequence[Source], min_lines: int = 4, max_lines: int = 60

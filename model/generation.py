@@ -1,8 +1,8 @@
-"""Decoding on preallocated KV buffers: prefill, one-token steps, sampling, and `generate`.
+"""Decoding on preallocated KV buffers: prefill, one-token steps, sampling, and `generate`."""
 
-The split follows gpt-fast: the model computes one step; these small functions drive it.
-`decode_one_token` is the unit a later optimisation compiles or captures in a CUDA graph.
-"""
+# The split follows gpt-fast: the model computes one step; these small functions drive it.
+# A single sequence steps on a model.decoders Decoder (the one decode-step primitive); a
+# padded batch goes through the model's forward, with its mask.
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .decoders import Decoder, TorchDecoder
 from .kv_cache import KVCache
 
 if TYPE_CHECKING:
@@ -37,7 +38,12 @@ def decode_one_token(
     cache: KVCache,
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Append one token per row (B, 1) to the cache; next-token logits (B, V)."""
+    """Append one token per row (B, 1) to the cache; next-token logits (B, V). One row
+    without a mask is a TorchDecoder step."""
+    if token.shape[0] == 1 and attention_mask is None:
+        decoder = TorchDecoder(model)
+        decoder.start(cache)
+        return decoder.step(int(token))[None]
     out = model(token, past_key_values=cache, attention_mask=attention_mask, use_cache=True)
     return out.logits[:, -1]
 
@@ -89,12 +95,14 @@ def generate(
     pad_token_id: int | None = None,
     stop_token_ids: Iterable[int] | None = None,
     generator: torch.Generator | None = None,
+    decoder: Decoder | None = None,
 ) -> torch.Tensor:
     """Extend each row of `input_ids` by up to `max_new_tokens`; returns (B, T + new).
 
     Batches are left-padded (attention_mask 0 on the left). A row that emits an EOS or stop
     token is finished; its later places hold `pad_token_id`. Decoding ends when every row is
     finished or the budget is spent. Greedy output equals transformers' `generate`.
+    A single unpadded row runs on `decoder` (default: a TorchDecoder of the model).
     """
     config = model.config
     if input_ids.dim() != 2:
@@ -133,7 +141,13 @@ def generate(
         return tokens
     finished = torch.zeros(B, dtype=torch.bool, device=device)
 
-    logits = prefill(model, input_ids, cache, mask[:, :T] if mask is not None else None)
+    if B == 1 and mask is None:
+        decoder = decoder or TorchDecoder(model)
+        logits = decoder.prefill(input_ids, cache, 1)[:, -1]  # (1, V)
+        decoder.start(cache)
+    else:
+        logits = prefill(model, input_ids, cache, mask[:, :T] if mask is not None else None)
+        decoder = None
     length = T
     for step in range(max_new_tokens):
         nxt = sample(
@@ -147,7 +161,10 @@ def generate(
             finished |= torch.isin(nxt, stop_ids)
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
-        logits = decode_one_token(
-            model, nxt[:, None], cache, mask[:, :length] if mask is not None else None
-        )
+        if decoder is not None:
+            logits = decoder.step(int(nxt[0]))[None]
+        else:
+            logits = decode_one_token(
+                model, nxt[:, None], cache, mask[:, :length] if mask is not None else None
+            )
     return tokens[:, :length]

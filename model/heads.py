@@ -1,12 +1,5 @@
 """The diagnostics model: one GPTBigCode backbone with two heads, a BIO tagger over tokens
-(secrets and personal data) and a scorer of whole functions ("looks like a bug").
-
-On disk it is an ordinary GPTBigCodeForTokenClassification checkpoint folder whose weights also
-hold `score.weight`, the sequence-classification head of the same backbone; so transformers
-loads it as either class (`GPTBigCodeForSequenceClassification.from_pretrained(folder,
-num_labels=2)`) with no weights stored twice. The bug head's label names, the decision
-thresholds and the training summary live under `"diagnostics"` in config.json.
-"""
+(secrets and personal data) and a scorer of whole functions ("looks like a bug")."""
 
 from __future__ import annotations
 
@@ -45,7 +38,14 @@ class HeadSettings:
 
 
 class DiagnosticsModel(nn.Module):
-    """Backbone + `classifier` (BIO tags) + `score` (bug likelihood), sharing one forward pass."""
+    """Backbone + `classifier` (BIO tags) + `score` (bug likelihood), sharing one forward pass.
+
+    On disk it is an ordinary GPTBigCodeForTokenClassification checkpoint folder whose weights
+    also hold `score.weight`, the sequence-classification head of the same backbone; so
+    transformers loads it as either class (`GPTBigCodeForSequenceClassification.from_pretrained(
+    folder, num_labels=2)`) with no weights stored twice. The bug head's label names, the
+    decision thresholds and the training summary live under `"diagnostics"` in config.json.
+    """
 
     def __init__(self, tagger: GPTBigCodeForTokenClassification, settings: HeadSettings) -> None:
         super().__init__()

@@ -1,9 +1,9 @@
-"""GPTBigCode (SantaCoder / StarCoder) in PyTorch, interchangeable with transformers 4.56.2.
+"""GPTBigCode (SantaCoder / StarCoder) in PyTorch, interchangeable with transformers 4.56.2:
+the readable reference model; the decode paths live in model.decoders."""
 
-Read top to bottom: activations, outputs, attention (multi-query and multi-head, three
-backends), MLP, block, the backbone, and the three heads. Parameter names equal the Hugging
-Face checkpoint names, so state dicts move between the two without renaming.
-"""
+# Read top to bottom: activations, outputs, attention (multi-query and multi-head, three
+# backends), MLP, block, the backbone, and the three heads. Parameter names equal the Hugging
+# Face checkpoint names, so state dicts move between the two without renaming.
 
 from __future__ import annotations
 
@@ -13,22 +13,24 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint, native
+from . import checkpoint
 from .config import GPTBigCodeConfig
-from .fastpath import DecodeLinear
 from .kv_cache import KVCache
-from .quantize import Int8Linear
 
 log = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+FLASH_ATTN_MISSING = (
+    "attn_implementation='flash_attention_2' needs the flash-attn package "
+    "(pip install 'gptbigcode-lsp[flash-attn]')"
+)
 
 
 # -- activations ----------------------------------------------------------------------------
@@ -168,10 +170,10 @@ class GPTBigCodeAttention(nn.Module):
         self.c_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def split_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T, _ = x.shape
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """c_attn's output (B, T, C + 2 * kv_dim) as q (B, H, T, D) and k, v (B, KVH, T, D)."""
+        B, T, _ = qkv.shape
         H, D = self.num_heads, self.head_dim
-        qkv = self.c_attn(x)
         if self.multi_query:
             q, k, v = qkv.split((self.embed_dim, D, D), dim=-1)
             q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
@@ -191,7 +193,7 @@ class GPTBigCodeAttention(nn.Module):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.shape
-        q, k, v = self.split_qkv(x)
+        q, k, v = self.split_heads(self.c_attn(x))
         if cache is not None:
             # The buffers are written in place layer after layer, which would invalidate
             # views saved for backward: store detached values, and with nothing cached before
@@ -200,10 +202,7 @@ class GPTBigCodeAttention(nn.Module):
             if start:
                 k, v = past_k, past_v  # (B, KVH, S, D)
         weights = None
-        attend = self.native_rows_attention(q, mask, start) if backend == "sdpa" else None
-        if attend is not None and not output_attentions and head_mask is None:
-            y = self.attend_rows(attend, q, k, v, start)
-        elif backend == "eager" or output_attentions or head_mask is not None:
+        if backend == "eager" or output_attentions or head_mask is not None:
             y, weights = self.eager(q, k, v, mask, head_mask)
         elif backend == "flash_attention_2":
             y = self.flash(q, k, v, mask)
@@ -211,33 +210,6 @@ class GPTBigCodeAttention(nn.Module):
             y = self.sdpa(q, k, v, mask)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y)), weights if output_attentions else None
-
-    def native_rows_attention(self, q: torch.Tensor, mask: AttentionMask, start: int
-                              ) -> native.Attention | None:
-        """The native one-token attention, for the few tokens of a keystroke after a cache
-        (one query at a time, each over the keys up to itself) in a model whose products run
-        natively (fast_decode, or quantize_int8 with quantised activations); else None. SDPA
-        with the causal mask this needs costs 3-4x as much on the CPU."""
-        B, H, T, D = q.shape
-        if (start == 0 or not 1 < T <= native.MAX_ROWS or B != 1 or not mask.causal_only
-                or not self.multi_query or H > 48 or q.device.type != "cpu"
-                or q.dtype != torch.bfloat16 or torch.is_grad_enabled()):
-            return None
-        c_attn = self.c_attn
-        if not ((isinstance(c_attn, DecodeLinear) and c_attn.use_native)
-                or (isinstance(c_attn, Int8Linear) and c_attn.quantize_activations)):
-            return None
-        return native.attention_kernel(D)
-
-    def attend_rows(self, attend: native.Attention, q: torch.Tensor, k: torch.Tensor,
-                    v: torch.Tensor, start: int) -> torch.Tensor:
-        """q (1, H, T, D) against the cached and new keys (1, 1, start + T, D): query t
-        sees the keys up to position start + t."""
-        T = q.shape[2]
-        keys, values = k[0, 0], v[0, 0]  # (S, D)
-        rows = [attend(q[0, :, t].contiguous(), keys[: start + t + 1], values[: start + t + 1],
-                       self.scale) for t in range(T)]  # each (H, D)
-        return torch.stack(rows, dim=1)[None]  # (1, H, T, D)
 
     def eager(
         self,
@@ -479,10 +451,7 @@ def resolve_backend(requested: str | None, x: torch.Tensor) -> str:
         return "sdpa"
     if requested == "flash_attention_2":
         if not flash_attn_available():
-            raise RuntimeError(
-                "attn_implementation='flash_attention_2' needs the flash-attn package "
-                "(pip install 'gptbigcode-lsp[flash-attn]')"
-            )
+            raise RuntimeError(FLASH_ATTN_MISSING)
         if not x.is_cuda or x.dtype not in HALF_DTYPES:
             raise RuntimeError(
                 "flash_attention_2 runs on CUDA tensors in float16 or bfloat16, got "
@@ -505,10 +474,7 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
                 f"{list(ATTN_IMPLEMENTATIONS)} (or None for the best available)"
             )
         if attn_implementation == "flash_attention_2" and not flash_attn_available():
-            raise RuntimeError(
-                "attn_implementation='flash_attention_2' needs the flash-attn package "
-                "(pip install 'gptbigcode-lsp[flash-attn]')"
-            )
+            raise RuntimeError(FLASH_ATTN_MISSING)
         self.config = config
         self.attn_implementation = attn_implementation
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
@@ -536,14 +502,6 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
         return_dict: bool | None = None,
     ) -> Any:
         cfg = self.config
-        if (input_ids is not None and past_key_values is not None and input_ids.shape == (1, 1)
-                and attention_mask is None and token_type_ids is None and position_ids is None
-                and head_mask is None and inputs_embeds is None and not output_attentions
-                and not output_hidden_states and not self.training
-                and not torch.is_grad_enabled() and cfg.multi_query
-                and self.attn_implementation != "eager" and input_ids.device.type == "cpu"):
-            out = self.decode_one(input_ids, past_key_values)
-            return out if return_dict is not False else out.to_tuple()
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
@@ -615,147 +573,6 @@ class GPTBigCodeModel(GPTBigCodePreTrainedModel):
             attentions=tuple(all_attn) if output_attentions else None,
         )
         return out if return_dict is not False else out.to_tuple()
-
-    def decode_one(self, input_ids: torch.Tensor, cache: KVCache) -> BaseModelOutputWithPast:
-        """One token of one sequence after `cache`, on the CPU without gradients: the decode
-        step, computed as forward's general path computes it, with only the operations that
-        case needs (no masks, position tensors, per-head K/V or module hooks).
-
-        The general path's Python work per layer (tens of small tensor operations) costs
-        about as much as streaming a 100M-parameter model's weights, so it is trimmed here.
-        After fast_decode (bf16 weights on a CPU with AVX512-BF16, fp32 ones with AVX-512),
-        or quantize_int8 (with AVX512-VNNI), each block is one call of model.native's fused
-        kernel, which rounds where torch's path rounds but keeps the attention's softmax in
-        fp32; where the fused kernel does not apply, the attention alone may still run
-        natively (about 1.75x faster than SDPA at 2,048 tokens). The native paths share one
-        scratch buffer per model: one decode at a time.
-        """
-        cfg = self.config
-        past = cache.length
-        self.check_cache(cache, 1, past, 1)
-        self.check_token_ids(input_ids, "input_ids")
-        cache.reserve(past + 1)
-        C = cfg.n_embd
-        x = (self.wte(input_ids) + self.wpe.weight[past]).view(1, 1, C)
-        fused = self.native_blocks()
-        if fused is not None:
-            x = self.run_native_blocks(fused, x, cache, past)
-        else:
-            x = self.run_blocks(x, cache, past)
-        ln = self.ln_f
-        x = F.layer_norm(x, (C,), ln.weight, ln.bias, ln.eps)
-        cache.length = past + 1
-        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=cache)
-
-    def run_blocks(self, x: torch.Tensor, cache: KVCache, past: int) -> torch.Tensor:
-        """decode_one's blocks as tensor operations; x (1, 1, C) -> (1, 1, C)."""
-        cfg = self.config
-        C, H, D = cfg.n_embd, cfg.n_head, cfg.head_dim
-        kv = cache.buffer[:, :, 0, 0]  # (L, 2, capacity, D)
-        native_bf16 = self.native_kind() in ("bf16", "q8")
-        attend = native.attention_kernel(D) if native_bf16 else None
-        for i, module in enumerate(self.h):
-            block = cast(GPTBigCodeBlock, module)
-            attn = block.attn
-            ln = block.ln_1
-            qkv = attn.c_attn(F.layer_norm(x, (C,), ln.weight, ln.bias, ln.eps))  # (1, 1, C+2D)
-            kv[i, 0, past].copy_(qkv[0, 0, C:C + D])
-            kv[i, 1, past].copy_(qkv[0, 0, C + D:])
-            # Heads folded into the query axis against the one shared K/V head (MQA).
-            keys, values = kv[i, 0, : past + 1], kv[i, 1, : past + 1]  # (S, D)
-            if attend is not None:
-                y = attend(qkv[0, 0, :C].view(H, D), keys, values, attn.scale)  # (H, D)
-            else:
-                y = F.scaled_dot_product_attention(
-                    qkv[..., :C].view(1, 1, H, D), keys[None, None], values[None, None],
-                    scale=attn.scale,
-                )  # (1, 1, H, D)
-            x = x + attn.c_proj(y.view(1, 1, C))
-            ln, mlp = block.ln_2, block.mlp
-            h = F.layer_norm(x, (C,), ln.weight, ln.bias, ln.eps)
-            x = x + mlp.c_proj(mlp.act(mlp.c_fc(h)))
-        return x
-
-    def native_kind(self) -> str | None:
-        """Which native kernels this model's decode steps use: "bf16" or "fp32" after
-        fast_decode (its DecodeLinears on the native kernels), "q8" for quantize_int8's
-        layers with quantised activations in a bf16 model; None: plain PyTorch."""
-        first = cast(GPTBigCodeBlock, self.h[0]).attn.c_attn
-        if isinstance(first, DecodeLinear) and first.use_native:
-            return {torch.bfloat16: "bf16", torch.float32: "fp32"}.get(first.weight.dtype)
-        if (isinstance(first, Int8Linear) and first.quantize_activations
-                and self.wte.weight.dtype == torch.bfloat16):
-            return "q8"
-        return None
-
-    def native_blocks(self) -> tuple[native.BlockKernel, list[native.BlockParams]] | None:
-        """The fused native kernel and, per block, its parameters; None where it does not
-        apply. Built once per kind of layers; `_apply` (to, half, cpu...) forgets them."""
-        kind = self.native_kind()
-        if kind is None:
-            return None
-        blocks = [cast(GPTBigCodeBlock, m) for m in self.h]
-        key = (kind, id(blocks[0].attn.c_attn), id(blocks[-1].mlp.c_proj))
-        cached = self.__dict__.get("_native_blocks")
-        if cached is None or cached[0] != key:
-            cached = self.__dict__["_native_blocks"] = (key, self.gather_native_blocks(kind))
-        return cached[1]
-
-    def gather_native_blocks(self, kind: str
-                             ) -> tuple[native.BlockKernel, list[native.BlockParams]] | None:
-        kernel = native.block_kernel(kind)
-        cfg = self.config
-        if (kernel is None or cfg.activation_function != "gelu_pytorch_tanh"
-                or cfg.head_dim not in native.ATTENTION_HEAD_DIMS or cfg.n_head > 48
-                or cfg.inner_dim % 32 != 0):
-            return None
-        found: list[native.BlockParams] = []
-        for module in self.h:
-            block = cast(GPTBigCodeBlock, module)
-            attn, mlp = block.attn, block.mlp
-            tensors: dict[str, torch.Tensor | None] = {
-                "ln1_w": block.ln_1.weight, "ln1_b": block.ln_1.bias,
-                "ln2_w": block.ln_2.weight, "ln2_b": block.ln_2.bias,
-            }
-            for name, linear in (("attn", attn.c_attn), ("proj", attn.c_proj),
-                                 ("fc", mlp.c_fc), ("out", mlp.c_proj)):
-                if kind == "q8" and isinstance(linear, Int8Linear):
-                    tensors[f"{name}_w"], tensors[f"{name}_s"] = linear.weight_int8, linear.scales
-                elif kind != "q8" and isinstance(linear, nn.Linear):
-                    tensors[f"{name}_w"] = linear.weight
-                else:
-                    return None
-                tensors[f"{name}_b"] = linear.bias
-            params = kernel.params(tensors, block.ln_1.eps, block.ln_2.eps)
-            if params is None:
-                return None
-            found.append(params)
-        return kernel, found
-
-    def _apply(self, fn: Any, recurse: bool = True) -> GPTBigCodeModel:
-        self.__dict__.pop("_native_blocks", None)  # parameters may move or change dtype
-        self.__dict__.pop("_native_work", None)
-        return cast(GPTBigCodeModel, super()._apply(fn, recurse))
-
-    def run_native_blocks(self, fused: tuple[native.BlockKernel, list[native.BlockParams]],
-                          x: torch.Tensor, cache: KVCache, past: int) -> torch.Tensor:
-        """decode_one's blocks, one native call each; x (1, 1, C) -> (1, 1, C)."""
-        cfg = self.config
-        kernel, blocks = fused
-        work = self.__dict__.get("_native_work")
-        if work is None:
-            size = kernel.work_bytes(cfg.n_head, cfg.head_dim, cfg.inner_dim, cfg.n_positions)
-            work = self.__dict__["_native_work"] = torch.empty(size, dtype=torch.uint8)
-        x = x.reshape(-1).clone()  # the residual stream, updated in place
-        buffer = cache.buffer  # (L, 2, 1, 1, capacity, D)
-        base, item = buffer.data_ptr(), buffer.element_size()
-        layer_stride, kind_stride = buffer.stride(0) * item, buffer.stride(1) * item
-        scale = cast(GPTBigCodeBlock, self.h[0]).attn.scale
-        for i, params in enumerate(blocks):
-            k_rows = base + i * layer_stride
-            kernel(params, x, k_rows, k_rows + kind_stride, buffer.stride(4), past,
-                   cfg.n_head, cfg.head_dim, cfg.inner_dim, scale, work)
-        return x.view(1, 1, cfg.n_embd)
 
     def check_cache(self, cache: KVCache | None, batch: int, past: int, length: int) -> None:
         """Refuse `length` new tokens of `batch` rows after `past` cached ones that do not fit

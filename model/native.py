@@ -1,22 +1,23 @@
-"""Native kernels for CPU decoding (model/csrc/rowdot.c, built on first use).
+"""Native C kernels for CPU decoding (model/csrc/rowdot.c, built on first use): row products,
+one-token multi-query attention and fused decode blocks."""
 
-- row products: y = W x + b for one row of bf16 or fp32 weights, up to 8 rows of bf16, and
-  int8 weights with per-row scales (activations kept in bf16, or quantised per block of 64
-  values and multiplied with VNNI);
-- multi-query attention of one query token over the cached keys and values (bf16);
-- a whole GPTBigCode block of a one-token step in one call (bf16, fp32, or int8 "q8").
-
-A decode step is bound by how fast the weights stream from memory. torch's one-row bf16
-matmul streams them at a third of the machine's bandwidth and its fp32 one at about half;
-these loops read them at the speed of a plain read (tests/bench/decode.py measures both in
-one run). The attention costs about two thirds of scaled_dot_product_attention's at 2,048
-positions, and the fused block saves the Python work between a block's operations.
-
-The library is compiled with the system's C compiler (`$CC`, else gcc, cc or clang) into a
-per-user cache folder keyed by the source, compiler and flags, so a machine builds it once
-(about a second). Where there is no compiler, no x86-64 CPU with AVX-512, or the build fails,
-the *_kernel functions return None and callers keep their PyTorch path; the reason is logged.
-"""
+# - row products: y = W x + b for one row of bf16 or fp32 weights, up to 8 rows of bf16, and
+#   int8 weights with per-row scales (activations kept in bf16, or quantised per block of 64
+#   values and multiplied with VNNI);
+# - multi-query attention of one query token over the cached keys and values (bf16);
+# - a whole GPTBigCode block of a one-token step in one call (bf16, fp32, or int8 "q8").
+#
+# A decode step is bound by how fast the weights stream from memory. torch's one-row bf16
+# matmul streams them at a third of the machine's bandwidth and its fp32 one at about half;
+# these loops read them at the speed of a plain read (tests/bench/decode.py measures both in
+# one run). The attention costs about two thirds of scaled_dot_product_attention's at 2,048
+# positions, and the fused block saves the Python work between a block's operations.
+#
+# The library is compiled with the system's C compiler (`$CC`, else gcc, cc or clang) into a
+# per-user cache folder keyed by the source, compiler and flags, so a machine builds it once
+# (about a second). Where there is no compiler, no x86-64 CPU with AVX-512, or the build fails,
+# the *_kernel functions return None and callers keep their PyTorch path; `unavailable_reason`
+# says why.
 
 from __future__ import annotations
 
@@ -107,30 +108,34 @@ def build_library(compiler: str, folder: Path) -> Path:
     return target
 
 
-@functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded library, or None where it cannot be built or used on this machine."""
+    return _load()[0]
+
+
+def unavailable_reason() -> str:
+    """Why `library()` is None ("" where it loaded), for messages naming what is missing."""
+    return _load()[1]
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str]:
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        log.info("native kernels: not an x86-64 CPU (%s)", platform.machine())
-        return None
+        return _refuse(f"not an x86-64 CPU ({platform.machine()})")
     if not {"avx512f", "avx512bw"} <= cpu_flags():
-        log.info("native kernels: the CPU has no AVX-512")
-        return None
+        return _refuse("the CPU has no AVX-512")
     compiler = find_compiler()
     if compiler is None:
-        log.info("native kernels: no C compiler found ($CC, gcc, cc, clang)")
-        return None
+        return _refuse("no C compiler found ($CC, gcc, cc, clang)")
     try:
         path = build_library(compiler, cache_dir())
         # torch is imported, so its OpenMP runtime is loaded: the library binds to that one.
         lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError) as exc:
-        log.warning("native kernels unavailable: %s", exc)
-        return None
+        return _refuse(str(exc), logging.WARNING)
     if lib.rowdot_abi_version() != ABI_VERSION:
-        log.warning("native kernels: %s has ABI %d, expected %d", path,
-                    lib.rowdot_abi_version(), ABI_VERSION)
-        return None
+        return _refuse(f"{path} has ABI {lib.rowdot_abi_version()}, expected {ABI_VERSION}",
+                       logging.WARNING)
     pointer, i64 = ctypes.c_void_p, ctypes.c_int64
     for name in ("rowdot_bf16", "rowdot_f32"):
         fn = getattr(lib, name)
@@ -152,7 +157,12 @@ def library() -> ctypes.CDLL | None:
         fn.restype = ctypes.c_int
     lib.decode_block_work_bytes.argtypes = [i64, i64, i64, i64]
     lib.decode_block_work_bytes.restype = i64
-    return lib
+    return lib, ""
+
+
+def _refuse(reason: str, level: int = logging.INFO) -> tuple[None, str]:
+    log.log(level, "native kernels unavailable: %s", reason)
+    return None, reason
 
 
 def check(rc: int, what: str) -> None:

@@ -1,22 +1,21 @@
-"""One-token decode steps on static buffers, replayed from a CUDA graph on the GPU.
+"""The CUDA-graph decode path: one-token steps on static buffers, replayed from a graph."""
 
-On a GPU a small model's decode step is bound by launching its few hundred kernels, not by
-the kernels: a CUDA graph records the launches once and replays them in one call. A graph
-replays fixed kernels on fixed addresses, so the step here touches nothing that moves:
-
-- the token and its position live in a device tensor that each step overwrites;
-- keys and values go to one workspace buffer of the model's full length, at the position
-  read from that tensor (`index_copy_`), never at a host-side slice;
-- which keys count is decided on the device too: a mask over the workspace (SDPA), or
-  flash-attn's `cache_seqlens` (`flash_attn_with_kvcache`, which writes the new row in
-  place and reads only the filled part);
-- the logits come out in the graph's own output tensor.
-
-A document's KVCache is copied into the workspace when its generation starts
-(`StaticDecoder.start`) and each new row is copied back after its step, so the document's
-cache ends exactly as `decode_one_token` would leave it. On the CPU (or with graph=False)
-the same step runs eagerly, which is how the tests check its arithmetic without a GPU.
-"""
+# On a GPU a small model's decode step is bound by launching its few hundred kernels, not by
+# the kernels: a CUDA graph records the launches once and replays them in one call. A graph
+# replays fixed kernels on fixed addresses, so the step here touches nothing that moves:
+#
+# - the token and its position live in a device tensor that each step overwrites;
+# - keys and values go to one workspace buffer of the model's full length, at the position
+#   read from that tensor (`index_copy_`), never at a host-side slice;
+# - which keys count is decided on the device too: a mask over the workspace (SDPA), or
+#   flash-attn's `cache_seqlens` (`flash_attn_with_kvcache`, which writes the new row in
+#   place and reads only the filled part);
+# - the logits come out in the graph's own output tensor.
+#
+# A document's KVCache is copied into the workspace when its generation starts
+# (`GraphDecoder.start`) and each new row is copied back after its step, so the document's
+# cache ends exactly as TorchDecoder's steps would leave it. On the CPU (or with graph=False)
+# the same step runs eagerly, which is how the tests check its arithmetic without a GPU.
 
 from __future__ import annotations
 
@@ -46,12 +45,14 @@ def default_attention(model: GPTBigCodeForCausalLM) -> str:
     return "flash" if usable and requested in (None, "flash_attention_2") else "sdpa"
 
 
-class StaticDecoder:
-    """Decode steps of one model on static buffers (module docstring), batch size one.
+class GraphDecoder:
+    """Decode steps of one model on static buffers (see the comment above), batch size one;
+    model.decoders' Decoder protocol.
 
-        decoder = StaticDecoder(model)   # graph: captured on the first CUDA step
-        decoder.start(kv)                # after the prompt is in kv
-        logits = decoder.step(token)     # (vocab,), valid until the next step
+        decoder = GraphDecoder(model)   # graph: captured on the first CUDA step
+        decoder.prefill(ids, kv)        # the prompt, through the model's forward
+        decoder.start(kv)               # after the prompt is in kv
+        logits = decoder.step(token)    # (vocab,), valid until the next step
 
     One generation at a time: `start` hands the workspace to another cache.
     """
@@ -96,14 +97,25 @@ class StaticDecoder:
         weight = self.model.transformer.wte.weight
         return weight.data_ptr(), weight.dtype, weight.device
 
+    @property
+    def path(self) -> str:
+        return "cuda-graph" if self.use_graph else "static"
+
     # -- a generation ---------------------------------------------------------------------
+
+    def prefill(self, ids: torch.Tensor, kv: KVCache, logits_to_keep: int = 1) -> torch.Tensor:
+        """Run ids (1, T) after kv's tokens through the model's forward; logits (1, n, V)."""
+        with torch.inference_mode():
+            out = self.model(ids, past_key_values=kv, use_cache=True,
+                             logits_to_keep=logits_to_keep)
+            return out.logits
 
     def start(self, kv: KVCache) -> None:
         """Take over `kv` (its prompt already in it): copy its filled part to the workspace."""
         if self._weights_key() != self.weights:
             self.reset()  # the model moved or changed dtype: new buffers, a new graph
         if kv.batch_size != 1:
-            raise ValueError(f"StaticDecoder decodes one sequence, the cache has {kv.batch_size}")
+            raise ValueError(f"GraphDecoder decodes one sequence, the cache has {kv.batch_size}")
         if kv.dtype != self.dtype or kv.device != self.device:
             raise ValueError(
                 f"the cache is {kv.dtype} on {kv.device} but the model is {self.dtype} on "
@@ -119,7 +131,7 @@ class StaticDecoder:
         """Append `token` to the started cache; the next token's logits (vocab,)."""
         kv = self.kv
         if kv is None:
-            raise RuntimeError("StaticDecoder.step before start(kv)")
+            raise RuntimeError("GraphDecoder.step before start(kv)")
         position = self.workspace.length
         if kv.length != position:
             raise RuntimeError(
@@ -146,7 +158,7 @@ class StaticDecoder:
         """Forget the graph, the buffers and the cache being decoded (after the model's
         weights moved): the next step captures anew."""
         if self.use_graph and not self.model.transformer.wte.weight.is_cuda:
-            raise RuntimeError("the model left its CUDA device: make a new StaticDecoder")
+            raise RuntimeError("the model left its CUDA device: make a new GraphDecoder")
         self.graph, self.logits, self.kv = None, None, None
         self.allocate()
 
@@ -162,7 +174,8 @@ class StaticDecoder:
         for i, module in enumerate(body.h):
             block = cast("GPTBigCodeBlock", module)
             attn = block.attn
-            q, k, v = attn.split_qkv(block.ln_1(x))  # q (1, H, 1, D); k, v (1, KVH, 1, D)
+            # q (1, H, 1, D); k, v (1, KVH, 1, D)
+            q, k, v = attn.split_heads(attn.c_attn(block.ln_1(x)))
             if self.attention == "flash":
                 y = self.flash(i, attn, q, k, v, seqlens)
             else:

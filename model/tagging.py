@@ -1,12 +1,5 @@
-"""BIO tags over tokens (StarPII's label scheme) and their decoding into character spans.
-
-Training turns character spans into one tag per token; inference turns per-token label
-probabilities back into spans. With a causal backbone a token's tag is decided from the text
-up to it, so a span's first tokens are the least certain: decoding takes each run of tagged
-tokens, extends it over the characters that can belong to the value (a key the model recognised
-half-way is flagged whole), joins fragments of one value, and scores the value by the mean
-probability of all its tokens.
-"""
+"""BIO tags over tokens (StarPII's label scheme): training targets from character spans, and
+the tagger's per-token probabilities decoded back into the values they mark."""
 
 from __future__ import annotations
 
@@ -19,7 +12,6 @@ from dataclasses import dataclass
 import torch
 
 ENTITY_TYPES = ("KEY", "PASSWORD", "EMAIL", "IP_ADDRESS", "USERNAME")
-SECRET_TYPES = frozenset({"KEY", "PASSWORD", "USERNAME"})
 
 Offsets = Sequence[tuple[int, int]]
 
@@ -92,10 +84,13 @@ def decode_entities(
     thresholds: Mapping[str, float] | float = 0.5,
 ) -> list[Entity]:
     """Spans of `text` from per-token label probabilities (T, len(labels)), sorted and
-    disjoint. A run of consecutive tokens whose most likely type is the same entity type is
-    cut at quotes, brackets and separators (a value never holds them; whitespace may, as in a
-    PEM block); each piece is kept when the mean probability of its tokens reaches the type's
-    threshold (a number applies to all types)."""
+    disjoint. With a causal backbone a token's tag is decided from the text up to it, so a
+    value's first tokens are the least certain: each run of tokens whose most likely type is
+    the same entity type is cut at quotes, brackets and separators (a value never holds them;
+    whitespace may, as in a PEM block), extended over the characters that can belong to the
+    value, and joined with fragments of the same value. A value is kept when the mean
+    probability of all its tokens reaches the type's threshold (a number applies to all
+    types); an IP_ADDRESS value only when it is a public address, as the tagger was taught."""
     if probs.shape != (len(offsets), len(labels)):
         raise ValueError(
             f"probabilities of shape {tuple(probs.shape)} do not match {len(offsets)} tokens "
@@ -204,9 +199,10 @@ def value_span(
 
 
 def public_address(value: str) -> bool:
-    """Whether a flagged value is a globally routable IP address (with an optional port):
-    private, loopback, link-local, reserved and documentation ranges are no personal data, and
-    a fragment such as a port number is not an address at all."""
+    """Whether a value tagged IP_ADDRESS is one: a globally routable address (with an optional
+    port). The training data labels only those (private, loopback, link-local, reserved and
+    documentation ranges are no personal data), and a fragment such as a port number is not an
+    address at all."""
     host = value
     if host.startswith("[") and "]" in host:  # [2001:db8::1]:443
         host = host[1 : host.index("]")]

@@ -1,6 +1,6 @@
-"""A raw-bytes LSP client for the robustness suite and the soak script: the real server
-(`python -m lsp_server`) as a subprocess, bytes written to its stdin exactly as given (so
-frames can be broken on purpose), and every message it writes back kept in arrival order."""
+"""A raw-bytes LSP client for the robustness suite and the soak script: the real server (or
+tests/fault_server.py) as a subprocess, bytes written to its stdin exactly as given (so frames
+can be broken on purpose), and every message it writes back kept in arrival order."""
 
 from __future__ import annotations
 
@@ -81,9 +81,10 @@ class WireClient:
         *,
         stderr: IO[bytes] | int = subprocess.DEVNULL,
         env: dict[str, str] | None = None,
+        launcher: Sequence[str] = ("-m", "lsp_server"),
     ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lsp_server", "--threads", "1", *args],
+            [sys.executable, *launcher, "--threads", "1", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT,
             env={**os.environ, **(env or {})},
         )

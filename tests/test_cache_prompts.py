@@ -14,9 +14,9 @@ from lsp_fixtures import train_tokenizer
 from tokenizers import Tokenizer as Backend
 from tokenizers import models, pre_tokenizers, trainers
 
-from cache import ContextBudget, PrefixCache, PromptBuilder, layout_ids, longest_common_prefix
-from cache import prefill as cached_prefill
+from cache import ContextBudget, PrefixStore, PromptBuilder, layout_ids, longest_common_prefix
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM
+from model.decoders import make_decoder
 from model.tokenizer import Tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -122,7 +122,7 @@ def test_typing_at_the_cursor_only_appends_to_the_spm_prompt(tok: Tokenizer) -> 
         # Only the last word's tokens can change when a character joins it.
         assert len(last) - longest_common_prefix(last, ids) <= 3
         last = ids
-    assert builder.stats.window_moves == 0
+    assert builder.window_moves == 0
 
 
 def test_typing_within_a_line_keeps_the_psm_line_prompt_before_it(tok: Tokenizer) -> None:
@@ -157,7 +157,7 @@ def test_typing_500_characters_at_the_end_of_a_long_file_moves_the_window_rarely
             assert len(prompt.ids) - longest_common_prefix(prompt.ids, new.ids) <= 3
         prompt = new
     assert 1 <= moves <= 5
-    assert builder.stats.window_moves == moves == len(starts) - 1
+    assert builder.window_moves == moves == len(starts) - 1
 
 
 class CountingTokenizer:
@@ -214,7 +214,7 @@ def test_edit_above_the_window_shifts_it_without_a_move(tok: Tokenizer) -> None:
     edited = "# a new first line\n" + text
     after = builder.build(URI, edited, cursor + 19)
     assert (after.start, after.end) == (before.start + 19, before.end + 19)
-    assert after.ids == before.ids and builder.stats.window_moves == 0
+    assert after.ids == before.ids and builder.window_moves == 0
 
 
 def test_edits_above_the_window_and_at_the_cursor_together_move_nothing(
@@ -229,7 +229,7 @@ def test_edits_above_the_window_and_at_the_cursor_together_move_nothing(
     edited = text[first_line:cursor] + "x" + text[cursor:]
     after = builder.build(URI, edited, cursor - first_line + 1)
     assert after.start == before.start - first_line
-    assert after.ids[: len(before.ids)] == before.ids and builder.stats.window_moves == 0
+    assert after.ids[: len(before.ids)] == before.ids and builder.window_moves == 0
 
 
 def test_deleting_much_before_the_cursor_moves_the_start_back(tok: Tokenizer) -> None:
@@ -246,7 +246,7 @@ def test_deleting_much_before_the_cursor_moves_the_start_back(tok: Tokenizer) ->
     limit = budget.tokens - after.suffix_tokens
     jump = budget.jump(limit)
     assert limit - 2 * jump <= after.prefix_tokens <= limit - jump
-    assert builder.stats.window_moves == 1
+    assert builder.window_moves == 1
 
 
 def test_forgotten_document_is_placed_afresh_without_a_move(tok: Tokenizer) -> None:
@@ -255,7 +255,7 @@ def test_forgotten_document_is_placed_afresh_without_a_move(tok: Tokenizer) -> N
     first = builder.build(URI, text, len(text))
     builder.forget(URI)
     again = builder.build(URI, text + "x = 1\n" * 100, len(text) + 600)
-    assert again.start > first.start and builder.stats.window_moves == 0
+    assert again.start > first.start and builder.window_moves == 0
 
 
 # -- cached logits equal a fresh forward ----------------------------------------------------
@@ -309,11 +309,12 @@ def small_lm(tok: Tokenizer, multi_query: bool, attn: str) -> GPTBigCodeForCausa
 
 def check_session(
     tok: Tokenizer, lm: GPTBigCodeForCausalLM, seed: str, steps: int, layouts_per_step: int
-) -> tuple[PrefixCache, int]:
+) -> tuple[PromptBuilder, int]:
     """Replay random edits; at each, the cached path's logits must equal a full forward's.
-    Returns the cache and how many prompts were mostly served from it."""
-    cache = PrefixCache()
-    builder = PromptBuilder(tok, ContextBudget(tokens=120), stats=cache.stats)
+    Returns the prompt builder and how many prompts were mostly served from the store."""
+    cache = PrefixStore()
+    decoder = make_decoder(lm, "torch")
+    builder = PromptBuilder(tok, ContextBudget(tokens=120))
     layouts = ["spm", "psm_line", "plain"]
     rng = random.Random(seed)
     mostly_cached = 0
@@ -321,7 +322,8 @@ def check_session(
         for i in range(layouts_per_step):
             layout = layouts[(step + i) % len(layouts)]
             prompt = builder.build(URI, text, cursor, layout)
-            got = cached_prefill(lm, cache, prompt.key, prompt.ids, all_logits=True)
+            with cache.open(prompt.key, decoder) as session:
+                got = session.prefill(prompt.ids, all_logits=True)
             with torch.inference_mode():
                 full = lm(torch.tensor([prompt.ids])).logits[0]  # (T, vocab)
             expected = full[got.reused :] if got.computed else full[-1:]
@@ -330,7 +332,7 @@ def check_session(
             except AssertionError as exc:
                 raise AssertionError(f"step {step} ({kind}), layout {layout}: {exc}") from None
             mostly_cached += got.reused > len(prompt.ids) // 2
-    return cache, mostly_cached
+    return builder, mostly_cached
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -339,8 +341,8 @@ def test_cached_logits_equal_a_full_forward_after_random_edits(
     tok: Tokenizer, multi_query: bool, attn: str
 ) -> None:
     lm = small_lm(tok, multi_query, attn)
-    cache, mostly_cached = check_session(tok, lm, f"{multi_query}-{attn}", 30, 1)
-    assert mostly_cached >= 10 and cache.stats.window_moves > 0
+    builder, mostly_cached = check_session(tok, lm, f"{multi_query}-{attn}", 30, 1)
+    assert mostly_cached >= 10 and builder.window_moves > 0
 
 
 @pytest.mark.slow
@@ -350,5 +352,5 @@ def test_cached_logits_equal_a_full_forward_over_long_sessions(
     tok: Tokenizer, multi_query: bool, seed: int
 ) -> None:
     lm = small_lm(tok, multi_query, "sdpa")
-    cache, mostly_cached = check_session(tok, lm, f"long-{seed}", 150, 3)
-    assert mostly_cached >= 300 and cache.stats.window_moves > 10
+    builder, mostly_cached = check_session(tok, lm, f"long-{seed}", 150, 3)
+    assert mostly_cached >= 300 and builder.window_moves > 10

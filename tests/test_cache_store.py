@@ -1,15 +1,19 @@
-"""The prefix cache store: longest common prefix, lookup and commit, byte accounting, LRU
-eviction under separate budgets, and `prefill` driving a small random model through it."""
+"""The prefix store: longest common prefix, lookup and commit, byte accounting, LRU eviction
+under separate budgets, and cache sessions driving a small random model through it."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-from cache import PrefixCache, longest_common_prefix, prefill
+from cache import CacheKey, PrefixStore, longest_common_prefix
+from cache.session import padding_for
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, KVCache
+from model.decoders import make_decoder
 
 CONFIG = GPTBigCodeConfig(
     vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, multi_query=True,
@@ -24,6 +28,27 @@ def written_kv(length: int, capacity: int | None = None, device: str = "cpu") ->
     kv = KVCache(CONFIG, capacity=capacity or max(length, 1), device=device)
     kv.length = length
     return kv
+
+
+@dataclass(frozen=True)
+class Filled:
+    logits: torch.Tensor
+    reused: int
+    computed: int
+    kv: KVCache
+
+    @property
+    def next_token_logits(self) -> torch.Tensor:
+        return self.logits[-1]
+
+
+def prefill(model: GPTBigCodeForCausalLM, store: PrefixStore, key: CacheKey, ids: Sequence[int],
+            all_logits: bool = False) -> Filled:
+    """One request's prompt through a cache session, committed."""
+    with store.open(key, make_decoder(model, "torch")) as session:
+        got = session.prefill(ids, all_logits=all_logits)
+    assert session.kv is not None
+    return Filled(got.logits, got.reused, got.computed, session.kv)
 
 
 def real_bytes(*tensors: torch.Tensor) -> int:
@@ -54,14 +79,14 @@ def test_longest_common_prefix_agrees_with_an_item_by_item_scan() -> None:
 
 
 def test_unknown_document_is_a_miss() -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     found = cache.lookup(DOC_A, [1, 2, 3])
     assert (found.kv, found.reused, found.logits) == (None, 0, None)
     assert (cache.stats.misses, cache.stats.hits) == (1, 0)
 
 
 def test_keystroke_reuses_common_prefix_and_truncates_kv() -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     ids = list(range(1, 41))
     kv = written_kv(40)
     cache.commit(DOC_A, ids, kv, torch.zeros(CONFIG.vocab_size))
@@ -74,7 +99,7 @@ def test_keystroke_reuses_common_prefix_and_truncates_kv() -> None:
 
 
 def test_unchanged_prompt_returns_the_kept_next_token_logits() -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     logits = torch.randn(CONFIG.vocab_size)
     cache.commit(DOC_A, [5, 6, 7], written_kv(3), logits)
     found = cache.lookup(DOC_A, [5, 6, 7])
@@ -82,7 +107,7 @@ def test_unchanged_prompt_returns_the_kept_next_token_logits() -> None:
 
 
 def test_prompt_that_is_a_strict_prefix_leaves_its_last_token_to_run() -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     cache.commit(DOC_A, [5, 6, 7, 8, 9], written_kv(5), torch.zeros(CONFIG.vocab_size))
     found = cache.lookup(DOC_A, [5, 6, 7])
     assert found.reused == 2 and found.logits is None and found.kv is not None
@@ -90,13 +115,13 @@ def test_prompt_that_is_a_strict_prefix_leaves_its_last_token_to_run() -> None:
 
 
 def test_unchanged_prompt_without_kept_logits_reruns_one_token() -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     cache.commit(DOC_A, [5, 6, 7], written_kv(3))
     assert cache.lookup(DOC_A, [5, 6, 7]).reused == 2
 
 
 def test_commit_counts_only_tokens_beyond_the_entry_as_computed() -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     kv = written_kv(10, capacity=20)
     cache.commit(DOC_A, list(range(10)), kv)
     cache.lookup(DOC_A, list(range(8)) + [50, 51, 52])
@@ -108,19 +133,19 @@ def test_commit_counts_only_tokens_beyond_the_entry_as_computed() -> None:
 
 def test_commit_rejects_ids_that_disagree_with_the_buffers() -> None:
     with pytest.raises(ValueError, match="hold 4 tokens but 3 ids"):
-        PrefixCache().commit(DOC_A, [1, 2, 3], written_kv(4))
+        PrefixStore().commit(DOC_A, [1, 2, 3], written_kv(4))
 
 
 def test_empty_prompt_is_rejected_naming_the_document() -> None:
     with pytest.raises(ValueError, match="a.py"):
-        PrefixCache().lookup(DOC_A, [])
+        PrefixStore().lookup(DOC_A, [])
 
 
 # -- bytes and eviction ---------------------------------------------------------------------
 
 
 def test_reported_bytes_equal_the_buffers_real_size() -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     kv_a, kv_b = written_kv(10, capacity=16), written_kv(30, capacity=48)
     logits = torch.randn(CONFIG.vocab_size)
     cache.commit(DOC_A, list(range(10)), kv_a, logits)
@@ -136,7 +161,7 @@ def test_reported_bytes_equal_the_buffers_real_size() -> None:
 
 def test_opening_a_third_document_evicts_the_least_recently_used() -> None:
     size = written_kv(32).nbytes
-    cache = PrefixCache(cpu_bytes=2 * size)
+    cache = PrefixStore(cpu_bytes=2 * size)
     cache.commit(DOC_A, list(range(32)), written_kv(32))
     cache.commit(DOC_B, list(range(32)), written_kv(32))
     cache.lookup(DOC_A, list(range(33)))  # a keystroke in A: B is now the older
@@ -148,7 +173,7 @@ def test_opening_a_third_document_evicts_the_least_recently_used() -> None:
 
 
 def test_entry_larger_than_the_whole_budget_is_not_kept() -> None:
-    cache = PrefixCache(cpu_bytes=written_kv(8).nbytes)
+    cache = PrefixStore(cpu_bytes=written_kv(8).nbytes)
     cache.commit(DOC_A, list(range(32)), written_kv(32))
     assert len(cache) == 0 and cache.stats.evictions == 1 and cache.stats.cpu_bytes == 0
 
@@ -156,7 +181,7 @@ def test_entry_larger_than_the_whole_budget_is_not_kept() -> None:
 def test_gpu_and_cpu_budgets_are_counted_apart() -> None:
     # Meta tensors stand in for accelerator memory: they have sizes but no data.
     size = written_kv(32).nbytes
-    cache = PrefixCache(gpu_bytes=size, cpu_bytes=size)
+    cache = PrefixStore(gpu_bytes=size, cpu_bytes=size)
     cache.commit(DOC_A, list(range(32)), written_kv(32, device="meta"))
     cache.commit(DOC_B, list(range(32)), written_kv(32))
     assert (cache.stats.gpu_bytes, cache.stats.cpu_bytes, cache.stats.evictions) == (size, size, 0)
@@ -165,7 +190,7 @@ def test_gpu_and_cpu_budgets_are_counted_apart() -> None:
 
 
 def test_closing_a_document_drops_all_its_layouts() -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     cache.commit(("file:///a.py", "spm"), [1, 2], written_kv(2))
     cache.commit(("file:///a.py", "plain"), [1, 2], written_kv(2))
     kept = written_kv(2)
@@ -177,7 +202,7 @@ def test_closing_a_document_drops_all_its_layouts() -> None:
 
 
 def test_stats_snapshot_does_not_follow_later_work() -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     cache.commit(DOC_A, [1, 2], written_kv(2))
     before = cache.stats.snapshot()
     cache.lookup(DOC_A, [1, 2, 3])
@@ -188,7 +213,7 @@ def test_stats_snapshot_does_not_follow_later_work() -> None:
 
 
 def test_prefill_grows_buffers_too_small_for_the_new_prompt(lm: GPTBigCodeForCausalLM) -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     ids = torch.randint(0, CONFIG.vocab_size, (60,), generator=torch.Generator().manual_seed(2))
     cache.commit(DOC_A, [], KVCache(CONFIG, capacity=4))
     first = prefill(lm, cache, DOC_A, ids[:3].tolist())
@@ -201,7 +226,7 @@ def test_prefill_grows_buffers_too_small_for_the_new_prompt(lm: GPTBigCodeForCau
 
 
 def test_prefill_of_an_unchanged_prompt_runs_nothing(lm: GPTBigCodeForCausalLM) -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     ids = [3, 14, 15, 92, 65, 35]
     first = prefill(lm, cache, DOC_A, ids)
     computed = cache.stats.tokens_computed
@@ -212,7 +237,7 @@ def test_prefill_of_an_unchanged_prompt_runs_nothing(lm: GPTBigCodeForCausalLM) 
 
 
 def test_prefill_after_deleting_the_end_recomputes_one_token(lm: GPTBigCodeForCausalLM) -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     ids = [3, 14, 15, 92, 65, 35, 89, 79]
     prefill(lm, cache, DOC_A, ids)
     shorter = prefill(lm, cache, DOC_A, ids[:5])
@@ -224,11 +249,11 @@ def test_prefill_after_deleting_the_end_recomputes_one_token(lm: GPTBigCodeForCa
 
 def test_prefill_rejects_a_prompt_longer_than_n_positions(lm: GPTBigCodeForCausalLM) -> None:
     with pytest.raises(ValueError, match=r"a\.py.*65 tokens.*at most 64 \(n_positions\)"):
-        prefill(lm, PrefixCache(), DOC_A, [1] * 65)
+        prefill(lm, PrefixStore(), DOC_A, [1] * 65)
 
 
 def test_failed_forward_drops_the_entry_it_left_in_doubt(lm: GPTBigCodeForCausalLM) -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     prefill(lm, cache, DOC_A, [1, 2, 3])
     with pytest.raises(ValueError, match="outside"):
         prefill(lm, cache, DOC_A, [1, 2, 3, CONFIG.vocab_size + 5])
@@ -236,7 +261,7 @@ def test_failed_forward_drops_the_entry_it_left_in_doubt(lm: GPTBigCodeForCausal
 
 
 def test_entry_from_a_model_of_another_dtype_is_rebuilt(lm: GPTBigCodeForCausalLM) -> None:
-    cache = PrefixCache()
+    cache = PrefixStore()
     stale = KVCache(CONFIG, capacity=2, dtype=torch.bfloat16)
     stale.length = 2
     cache.commit(DOC_A, [1, 2], stale)
@@ -244,17 +269,50 @@ def test_entry_from_a_model_of_another_dtype_is_rebuilt(lm: GPTBigCodeForCausalL
     assert result.reused == 0 and result.kv.dtype == torch.float32
 
 
-def test_tokens_generated_without_a_commit_are_not_reused(lm: GPTBigCodeForCausalLM) -> None:
-    cache = PrefixCache()
+def test_tokens_generated_in_a_session_are_not_reused(lm: GPTBigCodeForCausalLM) -> None:
+    cache = PrefixStore()
     ids = [3, 14, 15, 92, 65]
-    first = prefill(lm, cache, DOC_A, ids)
-    with torch.inference_mode():  # a completion decoded on the entry's buffers, not committed
-        lm(torch.tensor([[7, 8]]), past_key_values=first.kv, use_cache=True)
+    with cache.open(DOC_A, make_decoder(lm, "torch")) as session:  # a completion decoded
+        session.prefill(ids)
+        session.step(7)
+        session.step(8)
+        assert session.length == 7
     again = prefill(lm, cache, DOC_A, ids)
     assert again.computed == 0 and again.kv.length == 5
     extended = prefill(lm, cache, DOC_A, [*ids, 9, 9], all_logits=True)
     assert extended.reused == 5
     torch.testing.assert_close(extended.logits, lm(torch.tensor([[*ids, 9, 9]])).logits[0, 5:])
+
+
+def test_a_session_may_keep_what_it_generated(lm: GPTBigCodeForCausalLM) -> None:
+    cache = PrefixStore()
+    ids = [3, 14, 15, 92, 65]
+    with cache.open(DOC_A, make_decoder(lm, "torch")) as session:
+        session.prefill(ids)
+        session.step(7)
+        session.step(8)
+        session.commit(keep=6)
+    assert cache.entry(DOC_A) is not None and cache.entry(DOC_A).ids == [*ids, 7]
+    again = prefill(lm, cache, DOC_A, [*ids, 7, 9], all_logits=True)
+    assert again.reused == 6 and again.computed == 1
+    torch.testing.assert_close(again.logits, lm(torch.tensor([[*ids, 7, 9]])).logits[0, 6:])
+
+
+def test_buffers_extended_behind_the_store_are_refused(lm: GPTBigCodeForCausalLM) -> None:
+    cache = PrefixStore()
+    first = prefill(lm, cache, DOC_A, [3, 14, 15])
+    with torch.inference_mode():  # decoded on the entry's buffers outside a session
+        lm(torch.tensor([[7, 8]]), past_key_values=first.kv, use_cache=True)
+    with pytest.raises(RuntimeError, match="5 tokens but 3 ids.*CacheSession"):
+        cache.lookup(DOC_A, [3, 14, 15])
+
+
+def test_a_closed_session_refuses_more_work(lm: GPTBigCodeForCausalLM) -> None:
+    cache = PrefixStore()
+    with cache.open(DOC_A, make_decoder(lm, "torch")) as session:
+        session.prefill([1, 2, 3])
+    with pytest.raises(RuntimeError, match="session is closed"):
+        session.step(4)
 
 
 @pytest.mark.parametrize("lengths, pad", [((5, 3), 1), ((37, 70), 58), ((100, 1), 0),
@@ -264,16 +322,15 @@ def test_bf16_runs_are_padded_to_few_shapes_without_changing_the_result(
 ) -> None:
     """On the CPU in bf16 a run of new tokens is padded to a bucket length (oneDNN keeps a
     kernel per shape); the logits and the buffers then equal an unpadded run's."""
-    from cache.prefill import padding_for
-
     config = GPTBigCodeConfig(vocab_size=97, n_positions=256, n_embd=32, n_layer=2, n_head=4,
                               multi_query=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     torch.manual_seed(0)
     model = GPTBigCodeForCausalLM(config).eval().to(torch.bfloat16)
     first, second = lengths
     ids = torch.randint(0, 97, (first + second,)).tolist()
-    assert padding_for(second, first, model) == pad  # to 4, 128, -, 128, 64 tokens
-    cache = PrefixCache()
+    # to 4, 128, -, 128, 64 tokens
+    assert padding_for(second, first, make_decoder(model, "torch")) == pad
+    cache = PrefixStore()
     prefill(model, cache, ("doc", "plain"), ids[:first])
     padded = prefill(model, cache, ("doc", "plain"), ids, all_logits=True)
     assert padded.kv.length == len(ids) and padded.logits.shape == (second, 97)
@@ -287,10 +344,9 @@ def test_bf16_runs_are_padded_to_few_shapes_without_changing_the_result(
 
 
 def test_float32_and_single_tokens_are_never_padded() -> None:
-    from cache.prefill import padding_for
-
     config = GPTBigCodeConfig(vocab_size=97, n_positions=64, n_embd=32, n_layer=1, n_head=4)
     model = GPTBigCodeForCausalLM(config).eval()
-    assert padding_for(37, 0, model) == 0
-    assert padding_for(1, 0, model.to(torch.bfloat16)) == 0
-    assert padding_for(20, 40, model) == 4  # 32 would pass n_positions (64): 24 left
+    assert padding_for(37, 0, make_decoder(model, "torch")) == 0
+    assert padding_for(1, 0, make_decoder(model.to(torch.bfloat16), "torch")) == 0
+    # 32 would pass n_positions (64): 24 left
+    assert padding_for(20, 40, make_decoder(model, "torch")) == 4

@@ -6,17 +6,11 @@ from __future__ import annotations
 import pytest
 from lsprotocol import types
 
-from lsp_server.diagnostics import (
-    BUG,
-    Finding,
-    env_replacements,
-    python_functions,
-    secret_action,
-    to_lsp,
-    variable_name,
-)
+from lsp_server.diagnostics import env_replacements, secret_action, to_lsp, variable_name
 from lsp_server.documents import Document, DocumentStore
-from lsp_server.options import parse_options
+from lsp_server.engine import Finding
+from lsp_server.engine.findings_policy import BUG, python_functions, reported_types, thresholds
+from lsp_server.options import DiagnosticsOptions, parse_options
 
 
 def document(text: str, language: str = "python", uri: str = "file:///w/a.py") -> Document:
@@ -210,6 +204,19 @@ def test_diagnostics_options_are_checked_key_by_key() -> None:
     assert len(messages) == 3
     assert any("bugThreshold" in m and "1.5" in m for m in messages)
     assert any("diagnostics.colour: unknown option" in m for m in messages)
+
+
+def test_option_thresholds_override_the_calibrated_ones_per_kind() -> None:
+    calibrated = {"KEY": 0.6, "EMAIL": 0.7, BUG: 0.8}
+    types_ = ["KEY", "PASSWORD", "EMAIL"]
+    assert thresholds(calibrated, types_, DiagnosticsOptions()) == {
+        "KEY": 0.6, "PASSWORD": 0.5, "EMAIL": 0.7, BUG: 0.8}
+    options = DiagnosticsOptions(secret_threshold=0.9, bug_threshold=0.2)
+    assert thresholds(calibrated, types_, options) == {
+        "KEY": 0.9, "PASSWORD": 0.9, "EMAIL": 0.7, BUG: 0.2}
+    assert reported_types(DiagnosticsOptions(secrets=False)) == {"EMAIL", "IP_ADDRESS"}
+    assert reported_types(DiagnosticsOptions(personal_data=False)) == {
+        "KEY", "PASSWORD", "USERNAME"}
 
 
 def test_code_action_widens_a_partial_finding_to_the_whole_literal() -> None:

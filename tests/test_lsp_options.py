@@ -81,6 +81,8 @@ def test_unknown_key_is_reported_with_a_suggestion_and_ignored():
         ("topP", 1.5, "must be in (0, 1]"),
         ("contextTokens", 4, "must be at least 16"),
         ("fimLayout", "mps", "expected one of 'auto', 'spm', 'psm'"),
+        ("decodePath", "fast", "expected one of 'auto', 'torch', 'inductor', 'native', "
+                               "'cuda-graph'"),
         ("dtype", "fp16", "expected one of 'auto', 'float32', 'float16', 'bfloat16'"),
         ("device", "gpu", "must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'"),
         ("model", "", "must not be empty"),
@@ -96,6 +98,31 @@ def test_invalid_value_names_key_and_value_and_keeps_default(key: str, value: ob
     default = as_json(Options())[key]
     assert options == Options()
     assert messages == [f"gptbigcode.{key}: {value!r} is invalid ({why}); using {default!r}"]
+
+
+@pytest.mark.parametrize("path", ["auto", "torch", "inductor", "native", "cuda-graph"])
+def test_decode_path_takes_each_path(path: str):
+    assert parse_options({"decodePath": path}) == (Options(decode_path=path), [])
+
+
+@pytest.mark.parametrize(("old", "path"), [(False, "torch"), (True, "auto"), (None, "auto")])
+def test_compile_decode_is_still_read_as_decode_path_with_a_deprecation_message(
+    old: bool | None, path: str
+):
+    options, messages = parse_options({"gptbigcode": {"compileDecode": old, "topP": 0.5}})
+    assert options == Options(decode_path=path, top_p=0.5)
+    [message] = messages
+    assert message.startswith("gptbigcode.compileDecode is deprecated: use decodePath")
+    assert f"taken as decodePath {path!r}" in message
+
+
+def test_compile_decode_beside_decode_path_is_ignored_with_a_message():
+    options, messages = parse_options({"compileDecode": False, "decodePath": "native"})
+    assert options == Options(decode_path="native")
+    assert len(messages) == 1 and "deprecated" in messages[0] and "ignored" in messages[0]
+    options, messages = parse_options({"compileDecode": "yes"})
+    assert options == Options() and "not true, false or null" in messages[0]
+    assert "compileDecode" not in as_json(Options())
 
 
 def test_other_keys_still_apply_when_one_is_invalid():

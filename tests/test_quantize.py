@@ -15,6 +15,7 @@ from model import (
     GPTBigCodeForSequenceClassification,
     KVCache,
 )
+from model.decoders import make_decoder
 from model.quantize import (
     KERNEL_MAX_ROWS,
     Int8Linear,
@@ -163,11 +164,13 @@ def test_quantised_cached_decode_equals_its_full_forward(
     _, quantised = model_pair(True, dtype)
     ids = random_ids(1, 16)
     cache = KVCache(quantised.config, 1, capacity=16, dtype=dtype)
+    decoder = make_decoder(quantised)  # as the server decodes
+    steps = [decoder.prefill(ids[:, :12], cache, 0)]
+    decoder.start(cache)
+    for t in range(12, 16):  # one row each: the kernel in bf16
+        steps.append(decoder.step(int(ids[0, t]))[None, None])
     with torch.no_grad():
         full = quantised(ids).logits  # 16 rows: the dequantising path
-        steps = [quantised(ids[:, :12], past_key_values=cache, use_cache=True).logits]
-        for t in range(12, 16):  # one row each: the kernel in bf16
-            steps.append(quantised(ids[:, t : t + 1], past_key_values=cache).logits)
         last = quantised(ids, logits_to_keep=1).logits
     assert cache.length == 16
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
@@ -244,11 +247,13 @@ def test_quantised_activations_in_decode_steps_stay_close_to_the_full_forward() 
     _, quantised = model_pair(True, torch.bfloat16)
     ids = random_ids(1, 16)
     cache = KVCache(quantised.config, 1, capacity=16, dtype=torch.bfloat16)
+    decoder = make_decoder(quantised)  # as the server decodes: native q8 where it runs
+    steps = [decoder.prefill(ids[:, :12], cache, 0)]
+    decoder.start(cache)
+    for t in range(12, 16):
+        steps.append(decoder.step(int(ids[0, t]))[None, None])
     with torch.no_grad():
         full = quantised(ids).logits
-        steps = [quantised(ids[:, :12], past_key_values=cache, use_cache=True).logits]
-        for t in range(12, 16):
-            steps.append(quantised(ids[:, t : t + 1], past_key_values=cache).logits)
     stepped = torch.cat(steps, dim=1)
     assert relative_error(stepped, full) < 0.03
     assert torch.equal(stepped.argmax(-1), full.argmax(-1))

@@ -1,8 +1,9 @@
 """Robustness of the real server (`python -m lsp_server`, raw bytes over stdio, a small
 random-weight checkpoint): hostile protocol input, document sync through the protocol, a
-typing storm, faults while loading and generating, and security (no pickle, no checkpoint
-code, loopback binds, no text in logs, the cache's byte budget). The framing recovery, the
-log filter and the fault hook are also checked in process."""
+typing storm, faults while loading and generating (the server started through
+tests/fault_server.py), and security (no pickle, no checkpoint code, loopback binds, no text
+in logs, the cache's byte budget). The framing recovery, the log filter and the fault plan
+are also checked in process."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fault_server import InjectedFaults
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lsp_fixtures import SAMPLE, build_checkpoint
@@ -45,7 +47,7 @@ from lsp_wire import (
 
 from lsp_server import server as server_module
 from lsp_server.cli import ProtocolRedaction
-from lsp_server.completion import CompletionRequest, InjectedFaults
+from lsp_server.engine import CompletionRequest
 from lsp_server.wire import FramedInput
 from model import GPTBigCodeForCausalLM, Tokenizer
 from model.checkpoint import CheckpointError
@@ -79,12 +81,18 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_checkpoint(tmp_path_factory.mktemp("robust-model") / "tiny")
 
 
+FAULT_SERVER = (str(ROOT / "tests" / "fault_server.py"),)  # the server, faults injected
+
+
 def start(
     args: list[str], folder: Path, options: dict[str, Any] | None = None,
     env: dict[str, str] | None = None, loaded: bool = True,
 ) -> WireClient:
+    """The server; with GPTBIGCODE_TEST_FAULTS in `env`, through the fault launcher."""
     stderr = (folder / "stderr.txt").open("wb")
-    client = WireClient([*args, "--log-file", str(folder / "server.log")], stderr=stderr, env=env)
+    launcher = FAULT_SERVER if env and "GPTBIGCODE_TEST_FAULTS" in env else ("-m", "lsp_server")
+    client = WireClient([*args, "--log-file", str(folder / "server.log")], stderr=stderr,
+                        env=env, launcher=launcher)
     stderr.close()  # the child holds its own copy
     client.initialize(FAST if options is None else options)
     if loaded:
@@ -176,7 +184,7 @@ def test_notifications_leave_nothing_behind_in_the_protocol() -> None:
     assert ls.documents.get(uri).text == "x" * 200
     notify("textDocument/didClose", {"textDocument": {"uri": uri}})
     ls.protocol.writer = None
-    assert uri not in ls.documents
+    assert uri not in ls.documents and uri not in ls.states
     assert ls.protocol._request_futures == {}
     assert written == []  # notifications are not answered
 

@@ -1,6 +1,6 @@
-"""Decode steps on static buffers (model.static_decode): the same logits and cache as the
-general path, refusals that name what is wrong, and, on a CUDA machine, the captured graph
-and flash-attn's kv-cache entry point against the eager step."""
+"""The CUDA-graph decoder's steps on static buffers (model.static_decode): the same logits and
+cache as TorchDecoder's steps, refusals that name what is wrong, and, on a CUDA machine, the
+captured graph and flash-attn's kv-cache entry point against the eager step."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, KVCache
 from model.generation import decode_one_token
 from model.modeling import flash_attn_available
-from model.static_decode import StaticDecoder
+from model.static_decode import GraphDecoder
 
 CUDA = torch.cuda.is_available()
 
@@ -41,7 +41,7 @@ def test_static_steps_give_the_logits_and_cache_of_the_general_path(multi_query:
     ids = torch.randint(0, 97, (1, 11), generator=torch.Generator().manual_seed(1))
     reference = prefilled(model, ids, 11)
     ours = prefilled(model, ids, 11)  # full: the steps make it grow
-    decoder = StaticDecoder(model)
+    decoder = GraphDecoder(model)
     decoder.start(ours)
     for token in (5, 90, 0, 42, 42, 17):
         with torch.inference_mode():
@@ -60,7 +60,7 @@ def test_bf16_static_steps_pick_the_greedy_tokens_of_generate() -> None:
         expected = model.generate(prompt, max_new_tokens=12, eos_token_id=[])[0, 9:].tolist()
         kv = prefilled(model, prompt, 32)
         token = int(model(prompt).logits[0, -1].argmax())
-    decoder = StaticDecoder(model)
+    decoder = GraphDecoder(model)
     decoder.start(kv)
     got = [token]
     for _ in range(11):
@@ -74,7 +74,7 @@ def test_a_second_start_decodes_another_cache_from_its_own_prompt() -> None:
     first = prefilled(model, torch.tensor([[1, 2, 3]]), 8)
     second = prefilled(model, torch.tensor([[4, 5, 6, 7]]), 8)
     reference = prefilled(model, torch.tensor([[4, 5, 6, 7]]), 8)
-    decoder = StaticDecoder(model)
+    decoder = GraphDecoder(model)
     decoder.start(first)
     decoder.step(9)
     decoder.start(second)  # the workspace's rows of the first cache must not leak in
@@ -87,7 +87,7 @@ def test_a_second_start_decodes_another_cache_from_its_own_prompt() -> None:
 def test_a_cache_changed_since_start_is_refused() -> None:
     model = tiny()
     kv = prefilled(model, torch.tensor([[1, 2, 3, 4]]), 8)
-    decoder = StaticDecoder(model)
+    decoder = GraphDecoder(model)
     with pytest.raises(RuntimeError, match="before start"):
         decoder.step(1)
     decoder.start(kv)
@@ -99,7 +99,7 @@ def test_a_cache_changed_since_start_is_refused() -> None:
 
 def test_bad_token_full_cache_and_mismatched_cache_are_named() -> None:
     model = tiny(n_positions=6)
-    decoder = StaticDecoder(model)
+    decoder = GraphDecoder(model)
     with pytest.raises(ValueError, match="bfloat16 on cpu but the model is torch.float32"):
         decoder.start(KVCache(model.config, 1, 4, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="one sequence, the cache has 2"):
@@ -115,7 +115,7 @@ def test_bad_token_full_cache_and_mismatched_cache_are_named() -> None:
 
 def test_the_decoder_follows_the_model_to_another_dtype() -> None:
     model = tiny()
-    decoder = StaticDecoder(model)
+    decoder = GraphDecoder(model)
     decoder.start(prefilled(model, torch.tensor([[1, 2]]), 4))
     decoder.step(3)
     model.to(torch.bfloat16)  # the same decoder: its buffers follow at the next start
@@ -130,13 +130,28 @@ def test_graph_and_flash_are_refused_where_they_cannot_run() -> None:
     model = tiny()
     if not CUDA:
         with pytest.raises(RuntimeError, match="CUDA graphs need a model on a CUDA device"):
-            StaticDecoder(model, graph=True)
+            GraphDecoder(model, graph=True)
     with pytest.raises(RuntimeError, match="flash-attn package and a float16 or bfloat16"):
-        StaticDecoder(model, attention="flash")
+        GraphDecoder(model, attention="flash")
     with pytest.raises(ValueError, match="'paged' is not one of"):
-        StaticDecoder(model, attention="paged")
-    assert StaticDecoder(model).use_graph is False  # CPU: eager steps
-    assert StaticDecoder(model).attention == "sdpa"
+        GraphDecoder(model, attention="paged")
+    assert GraphDecoder(model).use_graph is False  # CPU: eager steps
+    assert GraphDecoder(model).attention == "sdpa"
+    assert GraphDecoder(model).path == "static"
+
+
+def test_prefill_then_steps_follow_the_decoder_protocol() -> None:
+    model = tiny()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    reference = prefilled(model, ids, 8)
+    kv = KVCache(model.config, 1, 8)
+    decoder = GraphDecoder(model)
+    logits = decoder.prefill(ids, kv, 2)
+    assert logits.shape == (1, 2, 97) and kv.length == 4
+    decoder.start(kv)
+    with torch.inference_mode():
+        expected = decode_one_token(model, torch.tensor([[5]]), reference)[0]
+    torch.testing.assert_close(decoder.step(5), expected, rtol=1e-5, atol=1e-5)
 
 
 # -- on a CUDA machine ----------------------------------------------------------------------
@@ -147,7 +162,7 @@ def test_graph_and_flash_are_refused_where_they_cannot_run() -> None:
 def test_graph_replay_gives_the_eager_steps(dtype: torch.dtype) -> None:
     model = tiny(n_positions=128).to("cuda", dtype)
     prompt = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(4))
-    eager, graphed = StaticDecoder(model, graph=False), StaticDecoder(model, graph=True)
+    eager, graphed = GraphDecoder(model, graph=False), GraphDecoder(model, graph=True)
     eager.start(prefilled(model, prompt, 20))
     graphed.start(prefilled(model, prompt, 20))
     token_e = token_g = 7
@@ -155,15 +170,15 @@ def test_graph_replay_gives_the_eager_steps(dtype: torch.dtype) -> None:
         logits_e, logits_g = eager.step(token_e), graphed.step(token_g)
         torch.testing.assert_close(logits_g, logits_e, rtol=0, atol=0)
         token_e, token_g = int(logits_e.argmax()), int(logits_g.argmax())
-    assert graphed.graph is not None
+    assert graphed.graph is not None and graphed.path == "cuda-graph"
 
 
 @pytest.mark.skipif(not (CUDA and flash_attn_available()), reason="needs CUDA and flash-attn")
 def test_flash_kv_cache_steps_match_masked_sdpa() -> None:
     model = tiny(n_positions=128).to("cuda", torch.bfloat16)
     prompt = torch.randint(0, 97, (1, 30), generator=torch.Generator().manual_seed(5))
-    sdpa = StaticDecoder(model, attention="sdpa", graph=False)
-    flash = StaticDecoder(model, attention="flash", graph=True)
+    sdpa = GraphDecoder(model, attention="sdpa", graph=False)
+    flash = GraphDecoder(model, attention="flash", graph=True)
     sdpa.start(prefilled(model, prompt, 30))
     flash.start(prefilled(model, prompt, 30))
     for token in (3, 50, 61, 2, 90):

@@ -6,16 +6,17 @@ reports prefill tokens/s at 512 and 2,048 tokens and decode ms/token at 512 and 
 of context, plus the memory bandwidth measured in the same run and the decode floor it implies
 (weight bytes / bandwidth). Variants:
 
-    fp32, bf16     ours as the server runs them: on the CPU, one-row products on the
-                   native kernels (model.native) where the CPU has them; on a GPU
+    fp32, bf16     ours as the server runs them: on the CPU, the native decoder
+                   (model.decoders, model.native's kernels) where the CPU has them; on a GPU
                    (--device cuda), steps replayed from a CUDA graph (model.static_decode)
     fp16           the same in float16 (for GPUs)
-    fp32p, bf16p   ours on the plain path: every product through F.linear, no graph
+    fp32p, bf16p   ours on the plain path: the torch decoder, every product through F.linear
     fp32s, bf16s   ours through model.static_decode's steps (a CUDA graph on the GPU, eager
                    on the CPU: there, a check of the path, not a fast one)
-    bf16i          ours with the one-row products compiled by Inductor (native kernels off)
+    bf16i          ours on the inductor decoder (one-row products compiled by Inductor)
     int8, int8h    ours with bf16 activations and int8 weights in the blocks (int8h: in
-                   lm_head too); transformers has no such path, so its columns read "-"
+                   lm_head too), on the native decoder where it runs; transformers has no
+                   such path, so its columns read "-"
 
 transformers runs in the variant's dtype beside each of ours. Run by hand:
 
@@ -44,12 +45,12 @@ import transformers
 
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, KVCache
 from model.checkpoint import CheckpointError
-from model.fastpath import fast_decode
+from model.decoders import DecodePathUnavailable, Decoder, make_decoder
 from model.quantize import Int8Linear, quantize_int8
-from model.static_decode import StaticDecoder
+from model.static_decode import GraphDecoder
 
-# name -> (dtype, path: "fast" as served, "plain" F.linear and no graph, "inductor" the
-# one-row products compiled, "static" model.static_decode's steps)
+# name -> (dtype, path: "fast" as served, "plain" the torch decoder, "inductor" the one-row
+# products compiled, "static" model.static_decode's steps)
 DTYPES: dict[str, tuple[torch.dtype, str]] = {
     "fp32": (torch.float32, "fast"), "bf16": (torch.bfloat16, "fast"),
     "fp16": (torch.float16, "fast"),
@@ -112,8 +113,10 @@ def hf_twin(ours: GPTBigCodeForCausalLM) -> torch.nn.Module:
     return twin.to(DEVICE, ours.dtype)
 
 
-def ours_prefill(model: GPTBigCodeForCausalLM, ids: torch.Tensor) -> Callable[[], Any]:
-    return lambda: model(ids, use_cache=True, logits_to_keep=1)
+def ours_prefill(decoder: Decoder, ids: torch.Tensor) -> Callable[[], Any]:
+    model = decoder.model
+    return lambda: decoder.prefill(
+        ids, KVCache(model.config, 1, ids.shape[1], dtype=model.dtype, device=DEVICE), 1)
 
 
 def hf_prefill(model: torch.nn.Module, ids: torch.Tensor) -> Callable[[], Any]:
@@ -122,28 +125,20 @@ def hf_prefill(model: torch.nn.Module, ids: torch.Tensor) -> Callable[[], Any]:
     return lambda: model(ids, use_cache=True)
 
 
-def ours_decode_ms(model: GPTBigCodeForCausalLM, ids: torch.Tensor, steps: int,
-                   decoder: StaticDecoder | None) -> float:
+def ours_decode_ms(decoder: Decoder, ids: torch.Tensor, steps: int) -> float:
+    model = decoder.model
     cache = KVCache(model.config, 1, ids.shape[1] + steps + 1, dtype=model.dtype, device=DEVICE)
-    model(ids, past_key_values=cache, logits_to_keep=1)
-    token = ids[:, -1:]
+    decoder.prefill(ids, cache, 1)
     context = cache.length
 
     def run() -> None:
-        cache.truncate(context)
-        for _ in range(steps):
-            logits = model(token, past_key_values=cache).logits
-            token.copy_(logits[:, -1].argmax(-1, keepdim=True))
-
-    def run_static() -> None:
-        assert decoder is not None
         cache.truncate(context)
         decoder.start(cache)
         next_token = int(ids[0, -1])
         for _ in range(steps):  # reads each token back, as the server does
             next_token = int(decoder.step(next_token).argmax())
 
-    return median_ms(run if decoder is None else run_static, 3) / steps
+    return median_ms(run, 3) / steps
 
 
 def hf_decode_ms(model: torch.nn.Module, ids: torch.Tensor, steps: int) -> float:
@@ -166,27 +161,30 @@ def model_in(ours: GPTBigCodeForCausalLM, dtype_name: str) -> GPTBigCodeForCausa
         quantised = quantize_int8(copy.deepcopy(ours.to(torch.bfloat16)), INT8_DTYPES[dtype_name])
         assert isinstance(quantised, GPTBigCodeForCausalLM)
         return quantised
-    dtype, path = DTYPES[dtype_name]
-    variant = copy.deepcopy(ours).to(DEVICE, dtype)
-    if path in ("fast", "inductor") and DEVICE.type == "cpu":
-        fast_decode(variant, native=path == "fast", inductor=path == "inductor")
-    return variant
+    dtype = DTYPES[dtype_name][0]
+    return copy.deepcopy(ours).to(DEVICE, dtype)
 
 
-def static_decoder(model: GPTBigCodeForCausalLM, dtype_name: str) -> StaticDecoder | None:
-    """The static decoder of the variants that run on one: fp32s/bf16s, and on a GPU the
-    served variants (a CUDA graph)."""
-    path = DTYPES[dtype_name][1] if dtype_name in DTYPES else "plain"
-    if path == "static" or (path == "fast" and DEVICE.type == "cuda"):
-        return StaticDecoder(model)
-    return None
+def decoder_for(model: GPTBigCodeForCausalLM, dtype_name: str) -> Decoder:
+    """The variant's decoder: "fast" (and int8) the native one on the CPU where it runs,
+    else torch, and a CUDA graph on a GPU; "plain" torch; "inductor"; "static" the graph
+    decoder's steps (eager on the CPU)."""
+    path = DTYPES[dtype_name][1] if dtype_name in DTYPES else "fast"
+    if path == "static":
+        return GraphDecoder(model)
+    if path == "fast":
+        try:
+            return make_decoder(model, "native" if DEVICE.type == "cpu" else "cuda-graph")
+        except DecodePathUnavailable:
+            return make_decoder(model, "torch")
+    return make_decoder(model, "torch" if path == "plain" else path)
 
 
 def bench_shape(
     name: str, ours: GPTBigCodeForCausalLM, dtype_name: str, steps: int, bandwidth: float
 ) -> list[dict[str, Any]]:
     ours = model_in(ours, dtype_name)
-    decoder = static_decoder(ours, dtype_name)
+    decoder = decoder_for(ours, dtype_name)
     hf = hf_twin(ours) if dtype_name in DTYPES else None
     floor_ms = weight_bytes(ours) / bandwidth * 1000
     rows = []
@@ -196,8 +194,8 @@ def bench_shape(
         ids = torch.randint(0, ours.config.vocab_size, (1, context), generator=generator)
         ids = ids.to(DEVICE)
         row: dict[str, Any] = {"shape": name, "dtype": dtype_name, "context": context}
-        row["prefill_tok_s_ours"] = context / median_ms(ours_prefill(ours, ids), 2) * 1000
-        row["decode_ms_ours"] = ours_decode_ms(ours, ids, steps, decoder)
+        row["prefill_tok_s_ours"] = context / median_ms(ours_prefill(decoder, ids), 2) * 1000
+        row["decode_ms_ours"] = ours_decode_ms(decoder, ids, steps)
         row["floor_ms"] = floor_ms
         row["decode_vs_floor"] = row["decode_ms_ours"] / floor_ms
         row.update(hf_columns(hf, ids, steps, row))

@@ -5,10 +5,9 @@ all in the same run, on bigcode/tiny_starcoder_py's shape with random weights.
     .venv/bin/python tests/bench/keystroke.py [--dtype fp32|bf16|fp32p|bf16p|int8|int8h]
         [--keystrokes N] [--threads N]
 
-fp32 and bf16 run as the server runs them, the decode step's products and attention on the
-native kernels (model.fastpath, model.native) where the CPU has them; fp32p and bf16p keep
-every product on F.linear; int8 is bf16 activations with int8 weights in the blocks; int8h
-quantises lm_head too.
+fp32 and bf16 run as the server runs them, on the decode path make_decoder chooses (the native
+kernels of model.native where the CPU has them); fp32p and bf16p run the PyTorch path; int8 is
+bf16 activations with int8 weights in the blocks; int8h quantises lm_head too.
 
 Prints a table per keystroke, a summary, and one JSON line last. Logs go to stderr.
 """
@@ -30,9 +29,9 @@ from typing import Any
 
 import torch
 
-from cache import ContextBudget, PrefixCache, PromptBuilder, layout_ids, prefill
+from cache import ContextBudget, PrefixStore, PromptBuilder, layout_ids
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM
-from model.fastpath import fast_decode
+from model.decoders import Decoder, make_decoder
 from model.quantize import quantize_int8
 from model.tokenizer import Tokenizer
 
@@ -148,22 +147,23 @@ def ms(seconds: float) -> float:
 
 
 def run_keystroke(
-    lm: GPTBigCodeForCausalLM, tok: Tokenizer, builder: PromptBuilder, cache: PrefixCache,
+    decoder: Decoder, tok: Tokenizer, builder: PromptBuilder, cache: PrefixStore,
     text: str, cursor: int, key: str, full: bool,
 ) -> Keystroke:
+    lm = decoder.model
     started = time.perf_counter()
     prompt = builder.build(URI, text, cursor, "spm")
     build = time.perf_counter() - started
-    result = prefill(lm, cache, prompt.key, prompt.ids)
-    token = int(result.next_token_logits.argmax())
-    cached = time.perf_counter() - started
+    with cache.open(prompt.key, decoder) as session:
+        result = session.prefill(prompt.ids)
+        token = int(result.next_token_logits.argmax())
+        cached = time.perf_counter() - started
 
-    # One decode step on the same buffers, kept as a server keeps its completion's tokens.
-    started = time.perf_counter()
-    with torch.inference_mode():
-        out = lm(torch.tensor([[token]]), past_key_values=result.kv, use_cache=True)
-    decode = time.perf_counter() - started
-    cache.commit(prompt.key, [*prompt.ids, token], result.kv, out.logits[0, -1].clone())
+        # One decode step on the same buffers, kept with the prompt.
+        started = time.perf_counter()
+        session.step(token)
+        decode = time.perf_counter() - started
+        session.commit(keep=len(prompt.ids) + 1)
 
     row = Keystroke(key, len(prompt.ids), result.computed, ms(build), ms(cached), None, ms(decode))
     if full:
@@ -225,22 +225,21 @@ def main() -> None:
     lm = lm.to(DTYPES.get(args.dtype, torch.bfloat16)).eval()
     if args.dtype in INT8_DTYPES:
         quantize_int8(lm, include_lm_head=INT8_DTYPES[args.dtype])
-    if args.dtype in ("fp32", "bf16"):
-        fast_decode(lm)
-    cache = PrefixCache()
-    builder = PromptBuilder(tok, ContextBudget(tokens=CONTEXT_TOKENS + 256), stats=cache.stats)
-    log.info("file: %d tokens, %d characters; cursor at %d", len(tok.encode(text)), len(text),
-             cursor)
+    decoder = make_decoder(lm, "torch" if args.dtype in ("fp32p", "bf16p") else "auto")
+    cache = PrefixStore()
+    builder = PromptBuilder(tok, ContextBudget(tokens=CONTEXT_TOKENS + 256))
+    log.info("file: %d tokens, %d characters; cursor at %d; decode path %s",
+             len(tok.encode(text)), len(text), cursor, decoder.path)
 
     # Warm up both paths (allocator, kernels) on the unedited file.
     for _ in range(2):
-        run_keystroke(lm, tok, builder, cache, text, cursor, "warm-up", full=True)
+        run_keystroke(decoder, tok, builder, cache, text, cursor, "warm-up", full=True)
     rows = []
     print(f"{'key':>8} {'context':>7} {'ran':>4} {'build':>7} {'cached':>8} {'full':>9} "
           f"{'decode':>8}   (ms)")
     for i, (text_now, cursor_now, key) in enumerate(session(text, cursor, args.keystrokes)):
         full = i % args.full_every == 0
-        row = run_keystroke(lm, tok, builder, cache, text_now, cursor_now, key, full)
+        row = run_keystroke(decoder, tok, builder, cache, text_now, cursor_now, key, full)
         rows.append(row)
         print(f"{row.key:>8} {row.context:>7} {row.computed:>4} {row.build_ms:>7.2f} "
               f"{row.cached_ms:>8.2f} {row.full_ms or float('nan'):>9.1f} "
@@ -265,7 +264,9 @@ def main() -> None:
         "targets_met": full_over_cached >= 30 and cached_over_decode <= 2,
         "full_timed": sum(r.full_ms is not None for r in rows),
         "same_first_token": sum(bool(r.same_token) for r in rows),
-        "cache": asdict(cache.stats.snapshot()), "machine": machine(),
+        "decode_path": decoder.path,
+        "cache": {**asdict(cache.stats.snapshot()), "window_moves": builder.window_moves},
+        "machine": machine(),
     }
     print(json.dumps(result))
 

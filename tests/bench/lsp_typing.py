@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from lsprotocol import types
-from pygls.lsp.client import LanguageClient
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 from lsp_fixtures import SAMPLE, build_checkpoint  # noqa: E402
+
+from lsp_server.client import Client, start, stop  # noqa: E402
 
 log = logging.getLogger("lsp_typing")
 URI = "file:///bench/session.py"
@@ -51,40 +53,9 @@ SMALL: dict[str, Any] = dict(
 )
 
 
-class BenchClient(LanguageClient):
-    def __init__(self) -> None:
-        super().__init__("lsp-typing-bench", "0")
-        self.document_version = 1
-
-        @self.feature(types.WINDOW_SHOW_MESSAGE)
-        def show_message(params: types.ShowMessageParams) -> None:
-            log.warning("server: %s", params.message)
-
-    def insert(self, at: types.Position, text: str) -> None:
-        self.document_version += 1
-        self.text_document_did_change(types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(
-                uri=URI, version=self.document_version
-            ),
-            content_changes=[types.TextDocumentContentChangePartial(
-                range=types.Range(at, at), text=text
-            )],
-        ))
-
-    async def inline(self, at: types.Position) -> list[types.InlineCompletionItem]:
-        result = await self.text_document_inline_completion_async(types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=URI), position=at,
-            context=types.InlineCompletionContext(
-                trigger_kind=types.InlineCompletionTriggerKind.Automatic
-            ),
-        ))
-        return list(result.items) if isinstance(result, types.InlineCompletionList) else []
-
-    async def status(self, requests: bool = False) -> dict[str, Any]:
-        result = await self.workspace_execute_command_async(types.ExecuteCommandParams(
-            command="gptbigcode.status", arguments=[{"requests": requests}]
-        ))
-        return dict(result or {})
+def heard(method: str, params: Any) -> None:
+    if method == types.WINDOW_SHOW_MESSAGE:
+        log.warning("server: %s", params.message)
 
 
 def source_file(lines: int) -> str:
@@ -113,18 +84,13 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 async def session(args: argparse.Namespace, folder: str) -> dict[str, Any]:
-    client = BenchClient()
-    command = ["-m", "lsp_server", "--model", folder]
+    command = ["--model", folder]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    await client.start_io(sys.executable, *command, cwd=str(ROOT))
-    await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(),
-        initialization_options={"debounceMs": 0, "maxNewTokens": args.max_new_tokens,
-                                "dtype": args.dtype,
-                                "diagnostics": {"enabled": not args.no_diagnostics}},
-    ))
-    client.initialized(types.InitializedParams())
+    options = {"debounceMs": 0, "maxNewTokens": args.max_new_tokens, "dtype": args.dtype,
+               "diagnostics": {"enabled": not args.no_diagnostics}}
+    client = await start(command, options, client=Client("lsp-typing-bench", heard),
+                         cwd=str(ROOT))
     try:
         status = await client.status()
         while status["state"] in ("idle", "loading"):
@@ -134,28 +100,25 @@ async def session(args: argparse.Namespace, folder: str) -> dict[str, Any]:
             raise SystemExit(f"the server could not load the model: {status['error']}")
         return await type_keys(client, args, status)
     finally:
-        await client.shutdown_async(None)
-        client.exit(None)
-        await client.stop()
+        await stop(client)
 
 
 async def type_keys(
-    client: BenchClient, args: argparse.Namespace, loaded: dict[str, Any]
+    client: Client, args: argparse.Namespace, loaded: dict[str, Any]
 ) -> dict[str, Any]:
     text = source_file(args.context_lines)
-    client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.
-        TextDocumentItem(uri=URI, language_id="python", version=1, text=text)))
+    client.open(URI, text)
     at = types.Position(line=text.count("\n"), character=0)
-    await client.inline(at)  # the first request fills the cache; not timed
+    await client.inline(URI, at)  # the first request fills the cache; not timed
     before = await client.status()
     keys = (TYPED * (1 + args.keystrokes // len(TYPED)))[: args.keystrokes]
     latencies: list[float] = []
     for key in keys:
-        client.insert(at, key)
+        client.type(URI, at, key)
         at = (types.Position(line=at.line + 1, character=0) if key == "\n" else
               types.Position(line=at.line, character=at.character + 1))
         started = time.perf_counter()
-        await client.inline(at)
+        await client.inline(URI, at)
         latencies.append((time.perf_counter() - started) * 1000)
     after = await client.status(requests=True)
     records = after["recent"][-len(keys) :]

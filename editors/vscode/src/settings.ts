@@ -12,7 +12,7 @@ export const SERVER_OPTION_KEYS = [
   "device",
   "dtype",
   "quantize",
-  "compileDecode",
+  "decodePath",
   "maxNewTokens",
   "temperature",
   "topP",

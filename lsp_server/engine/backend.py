@@ -1,0 +1,63 @@
+"""The boundary below the completion pipeline: prompt ids in, a cancellable stream of token ids
+out, usage and timings back. The in-process model (local.py) is one implementation; a serving
+engine over HTTP (vLLM, llama.cpp's server) is another of the same shape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+from cache import TextTokenizer
+
+from .repair import VocabTokenizer
+from .requests import GenerationParams, Usage
+
+
+class PromptTokenizer(VocabTokenizer, TextTokenizer, Protocol):
+    """What the pipeline needs of the model's tokenizer: text to ids and back, the special
+    tokens and the FIM tokens (None when the model has none)."""
+
+
+class TokenStream(Protocol):
+    """Generated token ids, one step of the model per id taken.
+
+    Iteration ends when the backend stops by itself; `finish` then says why ("eos",
+    "special", "repair": no token re-types the text the prompt left out, "context": the
+    model's positions are full). `close()` stops the generation (a stop rule or a cancel);
+    no further step runs. `usage` grows as the generation runs.
+    """
+
+    usage: Usage
+    finish: str
+
+    def __iter__(self) -> Iterator[int]: ...
+
+    @property
+    def full(self) -> bool:
+        """Whether the model's positions are used up: no further token can come."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """Runs prompts for the pipeline. `key` names the document and layout whose cached
+    prompt the new one most likely extends (a backend without per-document state may
+    ignore it). `retype`: bytes the generation must start with (partial-token repair)."""
+
+    name: str
+    device: str  # where it runs: "cpu", "cuda:0", a server's address
+    dtype: str  # the precision it computes in, e.g. "float32"
+    n_positions: int
+
+    @property
+    def tokenizer(self) -> PromptTokenizer: ...
+
+    def generate(self, key: tuple[str, str], ids: Sequence[int], params: GenerationParams,
+                 retype: bytes = b"") -> TokenStream: ...
+
+    def set_cache_budget(self, nbytes: int) -> None: ...
+
+    def forget(self, uri: str) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...

@@ -1,0 +1,91 @@
+"""Loading an in-process engine: resolve the device, precision and decode path the options
+leave to us, read the checkpoint and its tokenizer, and warm the model up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from model import GPTBigCodeForCausalLM, KVCache, Tokenizer
+from model.checkpoint import parse_dtype, resolve_checkpoint
+from model.decoders import DecodePathUnavailable, Decoder, make_decoder
+from model.hardware import auto_dtype
+from model.quantize import quantize_int8
+
+from .local import LocalBackend
+from .pipeline import Engine
+from .requests import EngineSettings, ModelChoice
+
+log = logging.getLogger(__name__)
+
+
+def set_threads(count: int) -> None:
+    """Threads torch computes with in this process (the server's --threads)."""
+    torch.set_num_threads(count)
+
+
+def resolve_device(device: str) -> str:
+    """"auto": CUDA when there is one, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """"auto": bf16 where the device computes it natively, else fp32 (model.hardware)."""
+    if dtype == "auto":
+        return auto_dtype(device)
+    parsed = parse_dtype(dtype)
+    if parsed is None:
+        raise ValueError(f"dtype {dtype!r} names no torch dtype")
+    return parsed
+
+
+def load_engine(
+    choice: ModelChoice,
+    settings: EngineSettings | None = None,
+    report: Callable[[str], None] = lambda _: None,
+) -> Engine:
+    """Read the checkpoint and its tokenizer, choose the decode path, index the vocabulary
+    and warm the model up. `report` hears each stage (for $/progress)."""
+    report(f"reading {choice.name}")
+    device = resolve_device(choice.device)
+    folder = resolve_checkpoint(choice.name)
+    tokenizer = Tokenizer.from_pretrained(folder)
+    model = GPTBigCodeForCausalLM.from_pretrained(
+        folder, dtype=resolve_dtype(choice.dtype, device), device=device
+    )
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+            f"vocab_size is {model.config.vocab_size}"
+        )
+    if choice.quantize == "int8":
+        report("quantising the weights to int8")
+        quantize_int8(model, include_lm_head=True)
+    warnings = []
+    try:
+        decoder = make_decoder(model, choice.decode_path)
+    except DecodePathUnavailable as why:
+        decoder = make_decoder(model, "auto")
+        warnings.append(f"decodePath {choice.decode_path!r}: {why}; running {decoder.path!r}")
+        log.warning("%s", warnings[-1])
+    report(f"decode path: {decoder.path}")
+    report("indexing the vocabulary")
+    engine = Engine(LocalBackend(model, tokenizer, decoder, name=choice.name), settings)
+    engine.warnings = warnings
+    report("warming up")
+    warm_up(model, decoder)
+    return engine
+
+
+def warm_up(model: GPTBigCodeForCausalLM, decoder: Decoder) -> None:
+    """A prompt-shaped pass and a decode step on throwaway buffers, so that the first request
+    does not pay for lazy initialisation (building kernels, compiling, capturing a graph)."""
+    with torch.inference_mode():
+        kv = KVCache(model.config, 1, 3, dtype=model.dtype, device=model.device)
+        decoder.prefill(torch.zeros((1, 2), dtype=torch.long, device=model.device), kv)
+        decoder.start(kv)
+        decoder.step(0)

@@ -1,0 +1,171 @@
+"""A completion request's way, top to bottom: partial-token repair and the prompt window ->
+the backend's token stream -> stop rules -> post-processing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import closing
+from typing import Any
+
+from cache import ContextBudget, Layout, PromptBuilder
+
+from .backend import Backend, TokenStream
+from .postprocess import postprocess, wants_single_line
+from .repair import split_unstable_tail
+from .requests import Completion, CompletionRequest, EngineSettings, GenerationParams
+from .stops import cut_at_stops, whole_characters
+
+# Tokens kept free beyond the document text: the three FIM tokens, and the tokens that
+# re-type the text partial-token repair took off the prompt.
+RESERVED_TOKENS = 3 + 16
+MiB = 1 << 20
+
+
+class Engine:
+    """Completions from a backend, with the prompt windows of every open document.
+
+    Not thread-safe: one inference worker calls `complete`, `configure` and `forget`.
+    """
+
+    def __init__(self, backend: Backend, settings: EngineSettings | None = None) -> None:
+        self.backend = backend
+        self.tokenizer = backend.tokenizer
+        self.settings = settings or EngineSettings()
+        self.warnings: list[str] = []  # what the user should hear of how it was loaded
+        self.builder = PromptBuilder(self.tokenizer, self._budget(self.settings))
+        self.configure(self.settings)
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def dtype(self) -> str:
+        return self.backend.dtype
+
+    def configure(self, settings: EngineSettings) -> None:
+        """Apply the settings the cache and the prompt windows depend on."""
+        self.backend.set_cache_budget(settings.cache_budget_mb * MiB)
+        budget = self._budget(settings)
+        if budget != self.builder.budget:
+            self.builder = PromptBuilder(self.tokenizer, budget)
+        self.settings = settings
+
+    def _budget(self, settings: EngineSettings) -> ContextBudget:
+        positions = self.backend.n_positions
+        room = positions - min(settings.max_new_tokens, positions // 2) - RESERVED_TOKENS
+        wanted = settings.context_tokens or positions
+        return ContextBudget(tokens=max(8, min(wanted, room)))
+
+    def layout(self) -> Layout:
+        """SPM (or PSM with the cursor line last, when the settings ask for PSM) where the
+        tokenizer has FIM tokens; plain text otherwise."""
+        if self.tokenizer.fim is None:
+            return "plain"
+        return "psm_line" if self.settings.fim_layout == "psm" else "spm"
+
+    def forget(self, uri: str) -> None:
+        """Drop a closed document's cache entries and windows."""
+        self.backend.forget(uri)
+        self.builder.forget(uri)
+
+    def status(self) -> dict[str, Any]:
+        """The backend's report (device, dtype, decode_path, cache, model_steps...) with the
+        layout and the prompt windows' moves; snake_case keys."""
+        report = self.backend.status()
+        cache = report.get("cache")
+        if isinstance(cache, dict):
+            cache["window_moves"] = self.builder.window_moves
+        report["layout"] = self.layout()
+        return report
+
+    # -- a request --------------------------------------------------------------------------
+
+    def complete(
+        self,
+        request: CompletionRequest,
+        params: GenerationParams | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Completion:
+        """The suggestion at the request's cursor. `cancelled` is polled between tokens."""
+        started = time.perf_counter()
+        params = params or GenerationParams()
+        request = request.as_valid_unicode()
+        deadline = started + params.time_budget_ms / 1000
+        layout = self.layout()
+        prefix = request.prefix
+        stable, typed = split_unstable_tail(self.tokenizer, prefix)
+        # The prompt ends before the text a next keystroke could re-tokenise; generation
+        # re-types that text first (and so keeps the prompt, and its cache, unchanged).
+        prompt = self.builder.build(request.uri, stable + request.suffix, len(stable), layout)
+        if not prompt.ids or cancelled():
+            return Completion("", stop_reason="cancelled" if prompt.ids else "empty",
+                              total_ms=_since(started))
+        retype = typed.encode()
+        single_line = wants_single_line(request.suffix)
+        stream = self.backend.generate(prompt.key, prompt.ids, params, retype)
+        ids: list[int] = []
+        data = bytearray()
+        retyped = 0  # tokens generated to re-type the text the prompt left out
+        reason = ""
+        with closing(stream):
+            for token in stream:
+                retyped += len(data) < len(retype)  # re-typing is not part of the token budget
+                ids.append(token)
+                data += self.tokenizer.decode_bytes([token])
+                new = bytes(data[len(retype):]) if len(data) >= len(retype) else None
+                reason = self._stop_reason(len(ids) - retyped, new, stream, params,
+                                           single_line, cancelled, deadline)
+                if reason:
+                    break
+            else:
+                reason = stream.finish
+        generated = cut_at_stops(whole_characters(bytes(data[len(retype):])), params.stop,
+                                 single_line)[0]
+        text = postprocess(generated, prefix, request.suffix, request.language_id)
+        usage = stream.usage
+        return Completion(
+            text=text if reason != "cancelled" else "",
+            generated=generated,
+            stop_reason=reason,
+            layout=layout,
+            prompt_tokens=len(prompt.ids),
+            reused_tokens=usage.reused_tokens,
+            computed_tokens=usage.computed_tokens,
+            new_tokens=len(ids),
+            token_ids=tuple(ids),
+            retyped_tokens=retyped,
+            model_steps=usage.steps,
+            model_ms=usage.model_ms,
+            total_ms=_since(started),
+        )
+
+    @staticmethod
+    def _stop_reason(count: int, new: bytes | None, stream: TokenStream,
+                     params: GenerationParams, single_line: bool,
+                     cancelled: Callable[[], bool], deadline: float) -> str:
+        """Why generation must stop after `count` new tokens whose text beyond the cursor is
+        `new` (None while still re-typing), or "" to go on. Checked before each forward
+        pass, so a request that stops costs no further step."""
+        if new is not None:
+            why = cut_at_stops(whole_characters(new), params.stop, single_line)[1]
+            if why:
+                return why
+        if cancelled():
+            return "cancelled"
+        if count >= params.max_new_tokens:
+            return "max_tokens"
+        if stream.full:
+            return "context"
+        if time.perf_counter() > deadline:
+            return "time"
+        return ""
+
+
+def _since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

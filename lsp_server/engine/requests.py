@@ -1,0 +1,120 @@
+"""What goes into the engine and what comes back: a completion request, its generation
+parameters, the engine's settings and model choice, and the completion with its costs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON decoding joins pairs: any left is lone
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """A document's text and the cursor, as a character offset into it."""
+
+    uri: str
+    text: str
+    cursor: int
+    language_id: str = "python"
+
+    @property
+    def prefix(self) -> str:
+        return self.text[: self.cursor]
+
+    @property
+    def suffix(self) -> str:
+        return self.text[self.cursor :]
+
+    def as_valid_unicode(self) -> CompletionRequest:
+        """The request with each lone surrogate (a JSON escape such as "\\ud800" in the
+        client's text) as U+FFFD, which the tokenizer takes. Both are one code point, one
+        UTF-16 unit and three UTF-8 bytes, so no offset or position moves."""
+        if self.text.isascii() or not _LONE_SURROGATE.search(self.text):
+            return self
+        return replace(self, text=_LONE_SURROGATE.sub("\ufffd", self.text))
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """How one request generates: budgets, sampling and stop strings."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    time_budget_ms: int = 2000
+
+    @classmethod
+    def from_options(cls, options: Any) -> GenerationParams:
+        """From the server's options (anything with these attributes)."""
+        return cls(options.max_new_tokens, options.temperature, options.top_p,
+                   tuple(options.stop), options.time_budget_ms)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engine's prompt windows and cache depend on; changing them is a `configure`."""
+
+    context_tokens: int | None = None  # None: as many as the model's positions allow
+    cache_budget_mb: int = 1024
+    fim_layout: str = "auto"  # "auto" or "spm": SPM; "psm": PSM with the cursor line last
+    max_new_tokens: int = 64  # room kept for generation in the model's positions
+
+    @classmethod
+    def from_options(cls, options: Any) -> EngineSettings:
+        return cls(options.context_tokens, options.cache_budget_mb, options.fim_layout,
+                   options.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model to load, where, in what precision and on which decode path, as the
+    options name them ("auto" resolved at load)."""
+
+    name: str = "default"
+    device: str = "auto"
+    dtype: str = "auto"
+    quantize: str = "none"  # "int8": int8 weights (blocks and lm_head), activations in dtype
+    decode_path: str = "auto"  # model.decoders.DECODE_PATHS
+
+    @classmethod
+    def from_options(cls, options: Any) -> ModelChoice:
+        return cls(options.model, options.device, options.dtype, options.quantize,
+                   options.decode_path)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What the engine suggests at the cursor ("" for nothing), and what it cost."""
+
+    text: str
+    generated: str = ""  # the model's text after the cursor, before post-processing
+    stop_reason: str = ""  # eos, special, stop, newline, max_tokens, context, time, cancelled
+    layout: str = ""
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    computed_tokens: int = 0
+    new_tokens: int = 0
+    token_ids: tuple[int, ...] = ()  # generated, the re-typed start included
+    retyped_tokens: int = 0  # of token_ids, those re-typing text already before the cursor
+    model_steps: int = 0  # forward passes run
+    model_ms: float = 0.0  # time in forward passes
+    total_ms: float = 0.0  # time in the engine, forward passes included
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop_reason == "cancelled"
+
+
+@dataclass
+class Usage:
+    """What a generation cost, filled in by the backend as it runs."""
+
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose keys and values were cached
+    computed_tokens: int = 0  # prompt tokens run now
+    steps: int = 0  # forward passes
+    model_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # what a backend reports beyond these
