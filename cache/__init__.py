@@ -1,6 +1,5 @@
 """Per-document prefix KV cache: prompts whose volatile part comes last, reuse by longest
-common token prefix, sessions that own an entry's buffers during a request, and
-least-recently-used eviction under byte budgets."""
+common token prefix, sessions that own an entry's buffers, LRU eviction under byte budgets."""
 
 from .layout import LAYOUTS, Layout, TextTokenizer, layout_ids
 from .prefix import CacheEntry, CacheKey, CacheStats, Lookup, PrefixStore, longest_common_prefix

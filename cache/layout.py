@@ -1,14 +1,5 @@
 """FIM prompt layouts that put what changes while typing at the end, so a keystroke at the
-cursor leaves the cached tokens before it valid.
-
-- "spm":      <fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}
-- "psm_line": <fim_prefix>{prefix up to the cursor's line}<fim_suffix>{suffix}<fim_middle>{cursor
-  line before the cursor}, for models trained on PSM only
-- "plain":    {prefix}, left to right without FIM tokens (diagnostics, non-FIM models)
-
-Each piece of text is tokenised on its own and joined with the special ids, so an edit in one
-piece never changes another's tokens.
-"""
+cursor leaves the cached tokens before it valid."""
 
 from __future__ import annotations
 
@@ -18,6 +9,12 @@ from typing import Literal, Protocol, get_args
 
 from .window import line_start
 
+# - "spm":      <fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}
+# - "psm_line": <fim_prefix>{prefix up to the cursor's line}<fim_suffix>{suffix}<fim_middle>
+#               {cursor line before the cursor}, for models trained on PSM only
+# - "plain":    {prefix}, left to right without FIM tokens (diagnostics, non-FIM models)
+# Each piece of text is tokenised on its own and joined with the special ids, so an edit in
+# one piece never changes another's tokens.
 Layout = Literal["spm", "psm_line", "plain"]
 LAYOUTS: tuple[str, ...] = get_args(Layout)
 

@@ -1,9 +1,5 @@
-"""`make demo`: start the real server over stdio, open a sample file, ask for inline
-completions at a few places and type through one, then type a hard-coded key and show the
-diagnostics and quick fix that come back, printing what an editor would show.
-
-    python -m lsp_server.demo [--model default|FOLDER|ID] [--threads N]
-"""
+"""`make demo`: the real server over stdio on a sample file, showing what an editor would show
+(`python -m lsp_server.demo [--model default|FOLDER|ID] [--threads N]`)."""
 
 from __future__ import annotations
 

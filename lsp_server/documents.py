@@ -1,10 +1,5 @@
 """Open documents by URI, and conversion between LSP positions (line, character in the
-negotiated encoding) and offsets into the Python string of a document's text.
-
-LSP counts lines by "\r\n", "\n" and "\r" (not by the other breaks str.splitlines knows) and
-characters in UTF-16 code units unless client and server agreed on UTF-8 bytes or UTF-32 code
-points. A Python str indexes code points, so only UTF-32 columns are string indexes.
-"""
+negotiated encoding) and offsets into the Python string of a document's text."""
 
 from __future__ import annotations
 
@@ -14,6 +9,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple, Protocol, get_args
 
+# LSP counts lines by "\n", "\r\n" and "\r" (not by the other breaks str.splitlines knows)
+# and characters in UTF-16 code units unless client and server agreed on UTF-8 bytes or
+# UTF-32 code points. A Python str indexes code points, so only UTF-32 columns are indexes.
 PositionEncoding = Literal["utf-16", "utf-8", "utf-32"]
 ENCODINGS: tuple[str, ...] = get_args(PositionEncoding)
 

@@ -1,18 +1,5 @@
 """Server options: the camelCase JSON of initializationOptions and didChangeConfiguration,
-checked key by key into typed dataclasses, so one bad value never costs the others.
-
-Shapes accepted (the same keys in each):
-
-- flat: `{"maxNewTokens": 32, "stop": ["\\n\\n"]}`, as initializationOptions and as the reply
-  to `workspace/configuration` for the section "gptbigcode";
-- under the section: `{"gptbigcode": {...}}`, what VS Code sends in didChangeConfiguration when
-  the client syncs `configurationSection: "gptbigcode"` (keys of other sections beside it are
-  ignored), and what Neovim sends from `settings = { gptbigcode = {...} }`;
-- null (a client using the pull model): nothing changes.
-
-A key set to null takes its default. An unknown key, or a value of the wrong type or out of
-range, gives a message naming the key and the value, and the key keeps its current value.
-"""
+checked key by key into typed dataclasses, so one bad value never costs the others."""
 
 from __future__ import annotations
 
@@ -191,8 +178,21 @@ CONVERTER = _make_converter()
 T = TypeVar("T")
 
 
+# Shapes accepted (the same keys in each):
+#
+# - flat: `{"maxNewTokens": 32, "stop": ["\n\n"]}`, as initializationOptions and as the reply
+#   to `workspace/configuration` for the section "gptbigcode";
+# - under the section: `{"gptbigcode": {...}}`, what VS Code sends in didChangeConfiguration when
+#   the client syncs `configurationSection: "gptbigcode"` (keys of other sections beside it are
+#   ignored), and what Neovim sends from `settings = { gptbigcode = {...} }`;
+# - null (a client using the pull model): nothing changes.
+#
+# A key set to null takes its default. An unknown key, or a value of the wrong type or out of
+# range, gives a message naming the key and the value, and the key keeps its current value.
+
+
 def parse_options(raw: object) -> tuple[Options, list[str]]:
-    """Options from initializationOptions (any shape in the module docstring), with one
+    """Options from initializationOptions (any shape in the comment above), with one
     message per key that was ignored or kept at its default."""
     return merge(Options(), raw)
 

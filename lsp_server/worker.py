@@ -1,7 +1,5 @@
 """The inference worker: one thread that runs model work in order, so the event loop never
-waits on the model. Each job's result reaches the loop through an asyncio future, resolved
-with `loop.call_soon_threadsafe`; a job can be cancelled before it starts (it is skipped) or
-while it runs (its work polls the job's flag between tokens)."""
+waits on the model; jobs can be cancelled before they start or between tokens."""
 
 from __future__ import annotations
 

@@ -1,17 +1,16 @@
-"""Preallocated key/value buffers for incremental decoding, written in place by position.
-
-One tensor holds every layer's keys and values: (n_layer, 2, batch, kv_heads, capacity,
-head_dim). With multi-query attention kv_heads is 1, so a token costs
-2 * n_layer * head_dim values instead of 2 * n_layer * n_embd: the saving that makes a long
-per-document cache affordable. Rows of a batch share one length (left padding keeps them
-aligned).
-"""
+"""Preallocated key/value buffers for incremental decoding, written in place by position."""
 
 from __future__ import annotations
 
 import torch
 
 from .config import GPTBigCodeConfig
+
+# One tensor holds every layer's keys and values: (n_layer, 2, batch, kv_heads, capacity,
+# head_dim). With multi-query attention kv_heads is 1, so a token costs
+# 2 * n_layer * head_dim values instead of 2 * n_layer * n_embd: the saving that makes a long
+# per-document cache affordable. Rows of a batch share one length (left padding keeps them
+# aligned).
 
 
 class KVCache:

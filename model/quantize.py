@@ -1,11 +1,5 @@
-"""Int8 weight-only quantisation of GPTBigCode's linear layers, for faster decoding on a CPU.
-
-A decode step reads every weight once, so on a CPU it is bound by memory bandwidth: int8
-weights with one scale per output channel halve the bytes a step reads against bf16.
-Activations stay in the model's dtype, except in one-row products on CPUs with AVX512-VNNI,
-which quantise them to int8 per block of 64 values (Int8Linear.quantize_activations). For
-inference only; do not `save_pretrained` the result.
-"""
+"""Int8 weight-only quantisation of GPTBigCode's linear layers, for faster decoding on a CPU
+(inference only; do not `save_pretrained` the result)."""
 
 from __future__ import annotations
 
@@ -16,6 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import native
+
+# A decode step reads every weight once, so on a CPU it is bound by memory bandwidth: int8
+# weights with one scale per output channel halve the bytes a step reads against bf16.
+# Activations stay in the model's dtype, except in one-row products on CPUs with AVX512-VNNI,
+# which quantise them to int8 per block of 64 values (Int8Linear.quantize_activations).
 
 # `aten._weight_int8pack_mm` is a matrix-vector kernel: it pays per input row, and beyond
 # about 8-12 rows dequantising the weight and running a bf16 GEMM is faster (measured on a

@@ -1,6 +1,5 @@
-"""The engine: everything between the language server and the model. The server hands it
-requests and options; it builds prompts, runs a backend (the model in this process), applies
-the stop rules and post-processing, and runs the diagnostics heads."""
+"""The engine, between the language server and the model: prompts, a backend's token stream,
+stop rules and post-processing for completions, and the diagnostics heads."""
 
 from .backend import Backend, TokenStream
 from .diagnose import Diagnoser, Finding

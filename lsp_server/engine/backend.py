@@ -1,6 +1,5 @@
 """The boundary below the completion pipeline: prompt ids in, a cancellable stream of token ids
-out, usage and timings back. The in-process model (local.py) is one implementation; a serving
-engine over HTTP (vLLM, llama.cpp's server) is another of the same shape."""
+out, usage and timings back; in-process (local.py) or a serving engine over HTTP."""
 
 from __future__ import annotations
 

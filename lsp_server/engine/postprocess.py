@@ -1,6 +1,5 @@
 """From a raw generation at the cursor to the text an editor shows: one line mid-line, a block
-at a line end; cut where the block ends, where a bracket would close what the text after the
-cursor already closes, and where the generation re-types that text."""
+at a line end, cut where brackets, the block or the text after the cursor say so."""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
 """Partial-token repair at the cursor: end the prompt on a token boundary that more typing
-cannot move, and constrain the first generated tokens to re-type the text taken off.
-
-A prompt ending in "x = fo" tokenises "fo" as the model rarely saw it before "o(": the model
-then continues from a split it never learned. Taking " fo" off the prompt and allowing only
-tokens that start with it (" foo", " for") or are a prefix of it (" f", then "o...") lets
-the model choose the tokenization itself.
-
-Use: `stable, typed = split_unstable_tail(tok, prefix)`; build the prompt from `stable`; while
-`rest = typed.encode()` is not empty, pick the next token among `index.allowed(rest)` and set
-`rest = index.remaining(rest, token)`; the decoded generation then starts with `typed`, which
-is already in the document: drop it before post-processing.
-"""
+cannot move, and constrain the first generated tokens to re-type the text taken off."""
 
 from __future__ import annotations
 
@@ -20,6 +9,16 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from itertools import accumulate
 from typing import Protocol
+
+# A prompt ending in "x = fo" tokenises "fo" as the model rarely saw it before "o(": the model
+# then continues from a split it never learned. Taking " fo" off the prompt and allowing only
+# tokens that start with it (" foo", " for") or are a prefix of it (" f", then "o...") lets
+# the model choose the tokenization itself.
+#
+# Use: `stable, typed = split_unstable_tail(tok, prefix)`; build the prompt from `stable`;
+# while `rest = typed.encode()` is not empty, pick the next token among `index.allowed(rest)`
+# and set `rest = index.remaining(rest, token)`; the decoded generation then starts with
+# `typed`, which is already in the document: drop it before post-processing.
 
 # What typing more can re-tokenize: the last word with the space before it, the last run of
 # punctuation with the space before it, or trailing whitespace (the byte-level pre-tokenizer's
