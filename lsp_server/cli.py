@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import enum
+import importlib.metadata
 import importlib.util
 import io
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, NoReturn, cast
 
 DEFAULT_PORT = 2087
 _KEPT_CHARS = 80  # log arguments of pygls kept as they are: method names, request ids
@@ -19,10 +21,12 @@ _KEPT_CHARS = 80  # log arguments of pygls kept as they are: method names, reque
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptbigcode-lsp",
+        usage="%(prog)s [options]\n       %(prog)s scan [scan options] PATH...",
         description="Language server with inline completions from a GPTBigCode model. "
                     "`gptbigcode-lsp scan PATH...` reports secrets in files instead "
                     "(see `gptbigcode-lsp scan --help`).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     transport = parser.add_mutually_exclusive_group()
     transport.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (default)")
     transport.add_argument("--tcp", action="store_true", help="listen for one TCP client")
@@ -41,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug logs"
     )
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's, for an editable install)."""
+    try:
+        return importlib.metadata.version("gptbigcode-lsp")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def configure_logging(verbose: int, log_file: str | None) -> None:
@@ -100,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .engine import set_threads
     from .options import merge
     from .server import server
-    from .wire import FramedInput
+    from .wire import FramedInput, ProtocolOutput
 
     if args.threads is not None:
         set_threads(max(args.threads, 1))
@@ -115,10 +127,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.ws:
         server.start_ws(args.host, args.port)
     else:
-        protocol_out = sys.stdout.buffer
+        protocol_out = ProtocolOutput(sys.stdout.buffer)
         sys.stdout = sys.stderr  # a stray print must not corrupt the protocol stream
         # stdin is a BufferedReader (typed BinaryIO); FramedInput offers pygls the two
         # methods it reads with, readline and read.
         framed = FramedInput(cast(io.BufferedReader, sys.stdin.buffer))
-        server.start_io(cast(BinaryIO, framed), protocol_out)
-    return 0
+        server.start_io(cast(BinaryIO, framed), cast(BinaryIO, protocol_out))
+        if framed.ended:
+            leave(0)  # the client went away (or quit without shutdown): nothing to report
+    # pygls swallows the SystemExit of `exit`; its status, as LSP defines it:
+    leave(0 if server.protocol.shutdown_requested else 1)
+
+
+def leave(status: int) -> NoReturn:
+    """End the process once the client is done. Interpreter shutdown is skipped: the
+    inference worker and pygls' stdin reader are threads that may still be inside torch or a
+    blocking read, and finalizing under them crashed the process (SIGSEGV, or SIGABRT from
+    a C++ thread) after a clean `exit`. Nothing is left to save; the logs are flushed."""
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(status)

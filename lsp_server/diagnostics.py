@@ -1,9 +1,13 @@
 """Diagnostics in LSP form: findings as diagnostics (label and score, never the flagged text)
-and the quick fix that moves a hard-coded secret into an environment variable lookup."""
+and the quick fix that moves a hard-coded secret into an environment variable lookup, checked
+against the text it is applied to."""
 
 from __future__ import annotations
 
 import ast
+import hashlib
+import hmac
+import os
 import re
 from dataclasses import dataclass
 
@@ -41,9 +45,29 @@ def to_lsp(findings: list[Finding], document: Document, encoding: PositionEncodi
             severity=severity,
             code=f.code,
             source=SOURCE,
-            data={"label": f.label, "score": round(f.score, 4), "start": f.start, "end": f.end},
+            # the version it was computed on, and what the quick fix checks the text against
+            data={"label": f.label, "score": round(f.score, 4), "start": f.start, "end": f.end,
+                  "version": document.version, **fingerprint(document.text, f.start, f.end)},
         ))
     return out
+
+
+# A diagnostic travels to the client and back (and may sit in a client's log): it identifies
+# its text by a keyed digest, so neither the text nor a guessable hash of it leaves the process.
+_DIGEST_KEY = os.urandom(16)
+
+
+def _digest(text: str) -> str:
+    return hmac.new(_DIGEST_KEY, text.encode("utf-8", "surrogatepass"), hashlib.sha256
+                    ).hexdigest()[:16]
+
+
+def fingerprint(text: str, start: int, end: int) -> dict[str, str | None]:
+    """What a quick fix checks before it edits [start, end): digests of the flagged text and of
+    the string literal around it (None where there is none)."""
+    literal = enclosing_literal(text, start, end)
+    return {"digest": _digest(text[start:end]),
+            "literal": _digest(text[literal[0] : literal[1] + 1]) if literal else None}
 
 
 # -- the code action: a secret into an environment variable ---------------------------------
@@ -51,7 +75,9 @@ def to_lsp(findings: list[Finding], document: Document, encoding: PositionEncodi
 _NAME_BEFORE = re.compile(r"""["']?([A-Za-z_][\w.-]*)["']?\s*(?::=|=|:)\s*[rbfu]?["'`]?[^"'`]*\Z""")
 JS_LANGUAGES = frozenset({"javascript", "typescript", "javascriptreact", "typescriptreact"})
 SHELL_LANGUAGES = frozenset({"shellscript", "sh", "bash", "zsh"})
-_NOT_ONE_VALUE = re.compile(r"[\s:@/;,=]")  # a literal holding these holds more than a value
+# What separates a value from its neighbours in a URL, header, connection string or f-string;
+# not "/" or "+", which base64 keys hold (an AWS secret key is one value with slashes in it).
+_SEPARATOR = re.compile(r"[\s:@;,=&?#{}]")
 DEFAULT_NAMES = {"KEY": "API_KEY", "PASSWORD": "PASSWORD", "USERNAME": "USERNAME"}
 
 
@@ -166,9 +192,46 @@ def import_offset(text: str) -> int:
     return offsets[line - 1] if line - 1 < len(offsets) else len(text)
 
 
+def secret_span(text: str, start: int, end: int, literal: tuple[int, int] | None
+                ) -> tuple[int, int]:
+    """The whole value [start, end) is part of: the tagger may flag only some of a key's tokens,
+    so widen it within its literal to the separators around it (a trailing "=" padding too)."""
+    if literal is None:
+        return start, end
+    open_at, close_at = literal
+    while start > open_at + 1 and not _SEPARATOR.match(text[start - 1]):
+        start -= 1
+    while end < close_at and not _SEPARATOR.match(text[end]):
+        end += 1
+    if not text[end:close_at].strip("="):
+        end = close_at
+    return start, end
+
+
+def whole_literal(text: str, edits: list[Replacement], literal: tuple[int, int] | None
+                  ) -> list[Replacement]:
+    """`edits` with those inside `literal` made one edit of the whole literal, quote to quote:
+    the fix replaces the literal, never pieces of it."""
+    if literal is None:
+        return edits
+    open_at, close_at = literal[0], literal[1] + 1
+    inside = sorted((e for e in edits if open_at <= e.start and e.end <= close_at),
+                    key=lambda e: e.start)
+    if not inside:
+        return edits
+    pieces, at = [], open_at
+    for e in inside:
+        pieces += [text[at : e.start], e.text]
+        at = e.end
+    merged = Replacement(open_at, close_at, "".join(pieces) + text[at:close_at])
+    return [e for e in edits if e not in inside] + [merged]
+
+
 def secret_action(document: Document, diagnostic: types.Diagnostic, encoding: PositionEncoding
                   ) -> types.CodeAction | None:
-    """"Move this secret into an environment variable" for one of our secret diagnostics."""
+    """"Move this secret into an environment variable" for one of our secret diagnostics, if the
+    document still holds, at its range, the text it was computed on (same flagged text, same
+    literal around it); the edit is computed on the current text and names its version."""
     data = diagnostic.data if isinstance(diagnostic.data, dict) else {}
     label = data.get("label")
     if diagnostic.source != SOURCE or label not in SECRET_TYPES:
@@ -178,9 +241,10 @@ def secret_action(document: Document, diagnostic: types.Diagnostic, encoding: Po
     text = document.text
     if not 0 <= start < end <= len(text):
         return None
+    if {k: data.get(k) for k in ("digest", "literal")} != fingerprint(text, start, end):
+        return None  # computed on another text: the line was edited since
     literal = enclosing_literal(text, start, end)
-    if literal is not None and not _NOT_ONE_VALUE.search(text, literal[0] + 1, literal[1]):
-        start, end = literal[0] + 1, literal[1]  # the literal is the value: replace it whole
+    start, end = secret_span(text, start, end, literal)
     name = variable_name(text, start, str(label))
     edits = env_replacements(text, start, end, name, document.language_id)
     if not edits:
@@ -188,11 +252,19 @@ def secret_action(document: Document, diagnostic: types.Diagnostic, encoding: Po
     lsp_edits = [types.TextEdit(
         range=types.Range(types.Position(*document.position_at(e.start, encoding)),
                           types.Position(*document.position_at(e.end, encoding))),
-        new_text=e.text) for e in edits]
+        new_text=e.text) for e in whole_literal(text, edits, literal)]
+    # documentChanges name the version the edit was computed on, so a client that has moved on
+    # refuses it; changes are for clients without versioned edits (documentChanges win where
+    # both are understood).
+    versioned_edit = types.TextDocumentEdit(
+        text_document=types.OptionalVersionedTextDocumentIdentifier(
+            uri=document.uri, version=document.version),
+        edits=lsp_edits)
     return types.CodeAction(
         title=f"Read this secret from the environment variable {name}",
         kind=types.CodeActionKind.QuickFix,
         diagnostics=[diagnostic],
         is_preferred=True,
-        edit=types.WorkspaceEdit(changes={document.uri: lsp_edits}),
+        edit=types.WorkspaceEdit(changes={document.uri: lsp_edits},
+                                 document_changes=[versioned_edit]),
     )

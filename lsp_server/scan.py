@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="report secrets only (no email or IP addresses)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="one probability threshold for every label (default: the model's)")
-    parser.add_argument("--max-bytes", type=int, default=1_000_000)
+    parser.add_argument("--max-bytes", type=int, default=1_000_000,
+                        help="skip files larger than this (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model")
     return parser
 

@@ -385,7 +385,7 @@ def _position(document: Document, offset: int, ls: GPTBigCodeServer) -> types.Po
     types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.QuickFix]),
 )
 def code_action(ls: GPTBigCodeServer, params: types.CodeActionParams) -> list[types.CodeAction]:
-    """Quick fixes for our secret diagnostics: read the value from an environment variable."""
+    """Quick fixes (secret -> environment variable) for diagnostics that fit the current text."""
     only = params.context.only
     if only and not any(types.CodeActionKind.QuickFix.value.startswith(kind) for kind in only):
         return []

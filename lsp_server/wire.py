@@ -1,5 +1,6 @@
-"""The wire, hardened: stdin framing that finds the next message after a broken frame, and
-JSON-RPC 2.0 error answers for the malformed messages that pygls would leave unanswered."""
+"""The wire, hardened: stdin framing that finds the next message after a broken frame, a
+stdout that a departed client may close, and JSON-RPC 2.0 error answers for the malformed
+messages that pygls would leave unanswered."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from cattrs import transform_error
 from cattrs.errors import ClassValidationError
@@ -28,7 +29,8 @@ from .text import shorten
 log = logging.getLogger(__name__)
 
 # The pygls releases whose internals WireProtocol overrides were read from (_execute_handler,
-# _request_futures, _send_data, the document sync handlers, the stdin reader's calls):
+# _request_futures, _send_data, _shutdown, the document sync handlers, the stdin reader's
+# calls, the stdout writer's write, flush and close):
 # tests/test_pygls_internals.py fails on any other, to be read again before it is allowed.
 PYGLS_SERIES = "2.1"
 
@@ -85,6 +87,11 @@ class FramedInput:
         """The body of the frame whose header readline gave (`size` is its length)."""
         body, self._body = self._body, b""
         return body
+
+    @property
+    def ended(self) -> bool:
+        """The client closed the server's input."""
+        return self._eof
 
     # -- frames -----------------------------------------------------------------------------
 
@@ -165,6 +172,44 @@ class FramedInput:
             self._skipped = 0
 
 
+class ProtocolOutput:
+    """stdout for pygls' writer, for a client that may go away: once the pipe is closed
+    (Neovim quitting with `:qa!`), writes are dropped with one log line instead of each
+    raising BrokenPipeError into pygls, which logs a traceback per message. The server ends
+    when the client also closes stdin, as it does when it quits."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.closed_by_client = False
+
+    def write(self, data: bytes) -> int:
+        if self.closed_by_client:
+            return 0
+        try:
+            return self._raw.write(data)
+        except (BrokenPipeError, ConnectionResetError, ValueError):  # ValueError: closed file
+            self._lost()
+            return 0
+
+    def flush(self) -> None:
+        if self.closed_by_client:
+            return
+        try:
+            self._raw.flush()
+        except (BrokenPipeError, ConnectionResetError, ValueError):
+            self._lost()
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # what was left unwritten had no reader
+
+    def _lost(self) -> None:
+        self.closed_by_client = True
+        log.info("the client closed the server's output; later messages are dropped")
+
+
 # -- JSON-RPC answers -------------------------------------------------------------------------
 
 
@@ -186,6 +231,11 @@ class WireProtocol(LanguageServerProtocol):
     (it cost a full re-split per edit, and its errors on unknown URIs reached the user). And
     notifications leave nothing behind (pygls kept one future per notification).
     """
+
+    @property
+    def shutdown_requested(self) -> bool:
+        """The client sent `shutdown` (so `exit` ends the process with status 0)."""
+        return bool(self._shutdown)
 
     def structure_message(self, data: dict[str, Any]) -> Any:
         # Called for every JSON object, nested ones too: only messages carry "jsonrpc".

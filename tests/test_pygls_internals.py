@@ -61,6 +61,8 @@ def test_protocol_state_the_overrides_use_exists() -> None:
     protocol = ls.protocol
     assert isinstance(protocol, WireProtocol)
     assert isinstance(protocol._request_futures, dict)
+    assert protocol._shutdown is False  # set by pygls' shutdown handler; read by wire
+    assert protocol.shutdown_requested is False
     assert protocol.fm.features[types.TEXT_DOCUMENT_DID_OPEN] is did_open  # what ours look up
     assert JsonRPCProtocol.VERSION == WireProtocol.VERSION == "2.0"
 

@@ -15,6 +15,7 @@ import torch
 from lsp_fixtures import STARCODER_SPECIALS, train_tokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from model.checkpoint import DEFAULT_MODEL_DIR
 from model.tokenizer import BYTE_TO_CHAR, FimStrings, FimTokens, Tokenizer, TokenizerError
 
 SANTACODER_FIM = ["<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>"]
@@ -310,6 +311,42 @@ def test_tensors_of_unequal_rows_without_padding_raise(starcoder: Tokenizer):
 def test_bad_call_options_raise(starcoder: Tokenizer, options: dict[str, object]):
     with pytest.raises(TokenizerError):
         starcoder(["a"], **options)  # type: ignore[arg-type]
+
+
+# ---- finding the checkpoint, as the model's from_pretrained does
+
+
+def test_from_pretrained_default_is_the_packaged_models_tokenizer():
+    tok = Tokenizer.from_pretrained("default")
+    assert Path(tok.source) == DEFAULT_MODEL_DIR / "tokenizer.json"
+    assert tok.vocab_size == Tokenizer.from_pretrained(DEFAULT_MODEL_DIR).vocab_size
+
+
+def test_from_pretrained_finds_a_model_id_in_the_local_hub_cache(
+    folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    old, new = "a" * 40, "b" * 40
+    repo = tmp_path / "models--bigcode--tiny_starcoder_py"
+    for commit in (old, new):
+        shutil.copytree(folders["starcoder"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(old)
+    tok = Tokenizer.from_pretrained("bigcode/tiny_starcoder_py")
+    assert tok.source == str(repo / "snapshots" / old / "tokenizer.json")
+    assert tok.fim == Tokenizer.from_pretrained(folders["starcoder"]).fim
+    pinned = Tokenizer.from_pretrained("bigcode/tiny_starcoder_py", revision=new)
+    assert pinned.source == str(repo / "snapshots" / new / "tokenizer.json")
+
+
+def test_from_pretrained_of_an_uncached_id_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(TokenizerError, match="models--bigcode--starcoder.*not attempted"):
+        Tokenizer.from_pretrained("bigcode/starcoder")
+    with pytest.raises(TokenizerError, match="no such folder"):
+        Tokenizer.from_pretrained(tmp_path / "absent")
 
 
 # ---- errors

@@ -14,7 +14,7 @@ import {
 
 import { addFeatures } from "./clientFeatures";
 import { lspInlineContext } from "./inlineContext";
-import { SECTION, STATUS_COMMAND, serverCommand, serverOptions } from "./settings";
+import { SECTION, STATUS_COMMAND, serverCommand, serverEnvironment, serverOptions } from "./settings";
 import { type ServerStatus, StatusItem } from "./status";
 
 const COMMANDS = {
@@ -42,7 +42,8 @@ class Server {
 
   async start(): Promise<void> {
     const { command, args } = serverCommand((key) => settings().get(key));
-    const run: ServerOptions = { command, args, transport: TransportKind.stdio };
+    const env = serverEnvironment(process.env);
+    const run: ServerOptions = { command, args, transport: TransportKind.stdio, options: { env } };
     const client = new LanguageClient(SECTION, "GPTBigCode", run, this.clientOptions());
     addFeatures(client);
     client.onDidChangeState(({ newState }) => {

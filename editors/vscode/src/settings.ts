@@ -79,6 +79,22 @@ export function serverCommand(read: ReadSetting): ServerCommand {
   return { command: "gptbigcode-lsp", args };
 }
 
+/** The server process's environment: `base` (the editor's) with PYTHONSAFEPATH=1, so that
+ * Python (3.11+) keeps the working directory, the user's workspace, off the import path: a
+ * `model.py`, `secrets.py` or `lsp_server.py` there must not replace the server's modules.
+ * An environment variable rather than `-P` in the arguments: Python 3.10 rejects `-P`, and
+ * it reaches `server.command` launches too. */
+export function serverEnvironment(base: Record<string, string | undefined>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(base)) {
+    if (value !== undefined) {
+      env[key] = value;
+    }
+  }
+  env.PYTHONSAFEPATH = "1";
+  return env;
+}
+
 function text(value: unknown): string {
   return typeof value === "string" ? value.trim() : "";
 }

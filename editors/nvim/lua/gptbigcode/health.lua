@@ -1,5 +1,5 @@
---- :checkhealth gptbigcode — the Neovim version's features, the server executable, and
---- whether the running server's model and diagnostics model are ready.
+--- :checkhealth gptbigcode — the Neovim version's features, the server executable, 'completeopt',
+--- and whether the running server's model and diagnostics model are ready.
 
 local M = {}
 
@@ -13,6 +13,27 @@ local function check_neovim()
     vim.health.ok("vim.lsp.inline_completion: suggestions show inline")
   else
     vim.health.info("no vim.lsp.inline_completion (Neovim 0.12+): suggestions come in the completion menu")
+  end
+end
+
+--- Does the global 'completeopt' show our single item in a menu, and not insert it on its own?
+local function check_completeopt(value)
+  local default = vim.api.nvim_get_option_info2("completeopt", {}).default
+  if vim.go.completeopt == default then
+    if value then
+      vim.health.ok("completeopt: the plugin sets " .. value .. " in the buffers it attaches to")
+    end
+    return
+  end
+  local flags = vim.split(vim.go.completeopt, ",")
+  local menu = vim.list_contains(flags, "menuone")
+  local inserts = not vim.list_contains(flags, "noinsert") and not vim.list_contains(flags, "noselect")
+  if menu and not inserts then
+    vim.health.ok("completeopt (yours): " .. vim.go.completeopt)
+  else
+    vim.health.warn("completeopt (yours) " .. vim.go.completeopt .. ": accepting may insert only the first line", {
+      'add menuone and noinsert (or noselect), e.g. vim.opt.completeopt = { "menu", "menuone", "noinsert", "popup" }',
+    })
   end
 end
 
@@ -37,13 +58,14 @@ local function check_executable(cmd)
   local executable = cmd[1]
   if vim.fn.executable(executable) == 1 then
     vim.health.ok("server executable found: " .. vim.fn.exepath(executable))
-    if cmd[2] == "-m" and cmd[3] then
-      check_module(executable, cmd[3])
+    local module = cmd[2] == "-P" and 3 or 2 -- python [-P] -m lsp_server
+    if cmd[module] == "-m" and cmd[module + 1] then
+      check_module(executable, cmd[module + 1])
     end
   else
     vim.health.error("server executable not found: " .. tostring(executable), {
       "install gptbigcode-lsp (pip install -e <repository>), or set cmd in setup{}, e.g.",
-      'cmd = { "/path/to/venv/bin/python", "-m", "lsp_server" }',
+      'cmd = { "/path/to/venv/bin/python", "-P", "-m", "lsp_server" }',
     })
   end
 end
@@ -102,6 +124,9 @@ function M.check()
     return
   end
   check_executable(gptbigcode.config.cmd)
+  if gptbigcode.config.completion.enable and vim.lsp.completion then
+    check_completeopt(gptbigcode.config.completeopt)
+  end
   check_model(gptbigcode)
 end
 

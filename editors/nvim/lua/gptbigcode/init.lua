@@ -45,6 +45,7 @@ M.language_ids = { sh = "shellscript", bash = "shellscript", zsh = "shellscript"
 
 M.defaults = {
   cmd = { "gptbigcode-lsp" },
+  cmd_env = {}, -- over Neovim's environment; PYTHONSAFEPATH=1 is added (see lsp_config)
   filetypes = {
     "python", "lua", "javascript", "javascriptreact", "typescript", "typescriptreact", "go",
     "rust", "c", "cpp", "cs", "java", "kotlin", "scala", "ruby", "php", "sh", "bash", "zsh",
@@ -53,6 +54,9 @@ M.defaults = {
   root_markers = { ".git" },
   options = M.default_options,
   completion = { enable = true, autotrigger = false }, -- vim.lsp.completion (0.11+)
+  -- 'completeopt' in the buffers the server attaches to, unless the user has set one: the menu
+  -- even for our single item, the first item selected but not inserted until <C-y>.
+  completeopt = "menu,menuone,noinsert,popup",
   inline_completion = { enable = true }, -- vim.lsp.inline_completion (0.12+)
   keymaps = {
     trigger = "<C-Space>", -- insert mode: the completion menu with the suggestion, now
@@ -104,12 +108,80 @@ local function set_keymaps(bufnr, keymaps)
   end
 end
 
+-- ---- accepting a completion item whole
+--
+-- vim.lsp.completion (0.11) inserts a plain-text item's textEdit.newText only up to its first
+-- whitespace (and a complete-item word cannot hold a newline), so the menu shows and inserts
+-- the suggestion's first line, and accepting the item (<C-y>) replaces what was inserted with
+-- the whole edit.
+
+local function is_ours(item)
+  return item.detail == M.name and item.textEdit ~= nil and item.textEdit.newText ~= nil
+end
+
+--- vim.lsp.completion's `convert`: the complete-item word is the edit's first line.
+function M.complete_item(item)
+  if not is_ours(item) then
+    return {}
+  end
+  return { word = vim.split(item.textEdit.newText, "\n", { plain = true })[1] }
+end
+
+--- The LSP item behind v:completed_item when it came from `client_id`, else nil.
+local function completed_item(client_id)
+  local completed = vim.v.completed_item
+  local lsp = vim.tbl_get(completed or {}, "user_data", "nvim", "lsp")
+  if not lsp or lsp.client_id ~= client_id or not is_ours(lsp.completion_item) then
+    return nil
+  end
+  return lsp.completion_item, completed.word
+end
+
+--- CompleteDone: where the accepted item's word was inserted, puts the item's whole edit.
+local function accept_whole(client, bufnr)
+  local reason = vim.v.event and vim.v.event.reason
+  if reason ~= nil and reason ~= "accept" then
+    return
+  end
+  local item, word = completed_item(client.id)
+  if not item then
+    return
+  end
+  local start = item.textEdit.range and item.textEdit.range.start or item.textEdit.insert.start
+  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+  if start.line ~= row - 1 then
+    return
+  end
+  local line = vim.api.nvim_buf_get_lines(bufnr, row - 1, row, true)[1]
+  local first = vim.str_byteindex(line, client.offset_encoding, start.character, false)
+  if line:sub(first + 1, col) ~= word then
+    return -- not what Neovim inserted for this item: leave the buffer alone
+  end
+  local lines = vim.split(item.textEdit.newText, "\n", { plain = true })
+  vim.api.nvim_buf_set_text(bufnr, row - 1, first, row - 1, col, lines)
+  local last_col = (#lines == 1 and first or 0) + #lines[#lines]
+  vim.api.nvim_win_set_cursor(0, { row + #lines - 1, last_col })
+end
+
+--- Sets `completeopt` in `bufnr` unless the user has set it there or globally. (The option's
+--- was_set cannot tell: it is one flag, which our own buffer-local values set too.)
+local function set_completeopt(bufnr, value)
+  local default = vim.api.nvim_get_option_info2("completeopt", {}).default
+  local here = vim.api.nvim_get_option_value("completeopt", { scope = "local", buf = bufnr })
+  if value and vim.go.completeopt == default and here == "" then
+    vim.bo[bufnr].completeopt = value
+  end
+end
+
 --- Turns suggestions on or off in `bufnr` for `client`, with what this Neovim has.
 local function enable_suggestions(client, bufnr, enabled)
   local config = M.config
   local state = { completion = false, inline_completion = false, enabled = enabled }
   if config.completion.enable and vim.lsp.completion then
-    vim.lsp.completion.enable(enabled, client.id, bufnr, { autotrigger = config.completion.autotrigger })
+    vim.lsp.completion.enable(enabled, client.id, bufnr, {
+      autotrigger = config.completion.autotrigger,
+      convert = M.complete_item,
+    })
     state.completion = true
   end
   if config.inline_completion.enable and has_inline_completion() then
@@ -122,11 +194,25 @@ end
 local function on_attach(client, bufnr)
   enable_suggestions(client, bufnr, M.suggestions_enabled)
   set_keymaps(bufnr, M.config.keymaps)
+  if M.config.completion.enable and vim.lsp.completion then
+    set_completeopt(bufnr, M.config.completeopt)
+    vim.api.nvim_create_autocmd("CompleteDone", {
+      group = vim.api.nvim_create_augroup("gptbigcode.accept." .. bufnr, { clear = true }),
+      buffer = bufnr,
+      desc = "gptbigcode: accept the whole suggestion",
+      callback = function()
+        accept_whole(client, bufnr)
+      end,
+    })
+  end
 end
 
 local function lsp_config(config)
   return {
     cmd = config.cmd,
+    -- Python 3.11+ keeps the working directory (the project) off the import path, so that a
+    -- project's model.py or lsp_server.py cannot replace the server's modules.
+    cmd_env = vim.tbl_extend("force", { PYTHONSAFEPATH = "1" }, config.cmd_env or {}),
     filetypes = config.filetypes,
     root_markers = config.root_markers,
     init_options = config.options,
