@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 NPM ?= npm
 VSCODE := editors/vscode
 
-.PHONY: setup editors test lint demo clean
+.PHONY: setup editors vscode-web test lint demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ editors:
 		$(MAKE) -s --no-print-directory $(VSCODE)/node_modules/.installed; \
 	else echo "npm not found: the VS Code extension's tests will be skipped"; fi
 
-test: setup editors
+# VS Code in the browser for tests/test_vscode_web.py: code-server and playwright-core under
+# ~/.cache/gptbigcode-lsp/vscode-web, Chromium and ripgrep from Debian (apt-get, as root). Where
+# it cannot install, it says why and the test skips (CI fails such a skip).
+vscode-web: setup
+	$(PY) tests/vscode_web/install.py
+
+test: setup editors vscode-web
 	$(PY) -m pytest
 
 lint: setup

@@ -262,7 +262,7 @@ def test_neovim_accepting_an_item_inserts_the_whole_suggestion(
 ) -> None:
     """<C-Space> then <C-y> in insert mode, as a user accepts: the buffer holds the text
     before, the whole suggestion, and the rest of the line, line by line."""
-    server = [sys.executable, str(FIXTURES / "nvim_scripted_server.py"), "--threads", "1"]
+    server = [sys.executable, str(FIXTURES / "scripted_server.py"), "--threads", "1"]
     scripted = {"GPTBIGCODE_SCRIPTED_SUGGESTIONS": json.dumps(ACCEPTED_SUGGESTIONS)}
     result = run_neovim(checkpoint, tmp_path, script="nvim_accept.lua", server=server,
                         server_env=scripted)
