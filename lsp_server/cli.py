@@ -14,6 +14,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO, NoReturn, cast
 
+from .cpu_share import default_threads, prepare_openmp
+
+log = logging.getLogger(__name__)
 DEFAULT_PORT = 2087
 _KEPT_CHARS = 80  # log arguments of pygls kept as they are: method names, request ids
 
@@ -39,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help='"auto", "cpu", "cuda", "cuda:N" or "mps"')
     parser.add_argument("--dtype", help='"auto", "float32", "float16" or "bfloat16"')
     parser.add_argument("--quantize", help='"none" or "int8" (int8 weights)')
-    parser.add_argument("--threads", type=int, help="CPU threads for the model (torch)")
+    parser.add_argument(
+        "--threads", type=int,
+        help="CPU threads for the model (torch); default: half the physical cores, 1 to 4",
+    )
     parser.add_argument("--log-file", help="write logs here instead of stderr")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug logs"
@@ -109,13 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     configure_logging(args.verbose, args.log_file)
+    prepare_openmp()  # before torch is imported, below
     from .engine import set_threads
     from .options import merge
     from .server import server
     from .wire import FramedInput, ProtocolOutput
 
-    if args.threads is not None:
-        set_threads(max(args.threads, 1))
+    threads = max(args.threads, 1) if args.threads is not None else default_threads()
+    set_threads(threads)
+    log.info("%d CPU threads for the model (OMP_WAIT_POLICY=%s)", threads,
+             os.environ.get("OMP_WAIT_POLICY"))
     given = {k: v for k, v in {"model": args.model, "device": args.device, "dtype": args.dtype,
                                "quantize": args.quantize}.items() if v is not None}
     server.options, problems = merge(server.options, given)

@@ -4,7 +4,10 @@ server over stdio. Reports request latency and model steps per keystroke, with t
 overhead (JSON-RPC, scheduling, prompt building, post-processing) apart from model time.
 
     .venv/bin/python tests/bench/lsp_typing.py [--model small|default|FOLDER]
-        [--keystrokes 200] [--max-new-tokens 16] [--threads N] [--context-lines N]
+        [--keystrokes 200] [--max-new-tokens 16] [--threads N] [--context-lines N] [--busy N]
+
+--busy N runs N CPU-bound processes beside the server while it types (a busy machine: an
+editor, a browser, a compiler); without --threads the server picks its own thread count.
 
 Model time is what the server measured in forward passes, per request (status command,
 `{"requests": true}`); overhead = client-side latency - model time. The server's debounce is
@@ -21,6 +24,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -98,7 +102,14 @@ async def session(args: argparse.Namespace, folder: str) -> dict[str, Any]:
             status = await client.status()
         if not status["ready"]:
             raise SystemExit(f"the server could not load the model: {status['error']}")
-        return await type_keys(client, args, status)
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                   for _ in range(args.busy)]
+        try:
+            return await type_keys(client, args, status)
+        finally:
+            for burner in burners:
+                burner.kill()
+                burner.wait()
     finally:
         await stop(client)
 
@@ -122,12 +133,12 @@ async def type_keys(
         latencies.append((time.perf_counter() - started) * 1000)
     after = await client.status(requests=True)
     records = after["recent"][-len(keys) :]
-    return report(loaded, before, after, records, latencies, len(text))
+    return report(loaded, before, after, records, latencies, len(text), args)
 
 
 def report(
     loaded: dict[str, Any], before: dict[str, Any], after: dict[str, Any],
-    records: list[dict[str, Any]], latencies: list[float], chars: int,
+    records: list[dict[str, Any]], latencies: list[float], chars: int, args: argparse.Namespace,
 ) -> dict[str, Any]:
     model = [r["modelMs"] for r in records]
     server = [r["totalMs"] for r in records]
@@ -161,7 +172,9 @@ def report(
         "server_non_model_ms": rows["  in server, not model"],
         "model_steps_per_keystroke": per_key, "outcomes": outcomes,
         "overhead_target_met": rows["overhead = latency - model"]["p50"] < 5,
-        "cache": after["cache"],
+        "cache": after["cache"], "busy_processes": args.busy,
+        "threads": args.threads or "server default",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "server default"),
         "machine": {"cores": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                     "python": platform.python_version()},
     }
@@ -175,6 +188,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="the server's torch threads")
     parser.add_argument("--context-lines", type=int, default=400, help="lines of the file")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="CPU-bound processes run beside the server while it types")
     parser.add_argument("--dtype", default="auto", help="the server's dtype option")
     parser.add_argument("--no-diagnostics", action="store_true",
                         help="turn the server's diagnostics off")
