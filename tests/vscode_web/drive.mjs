@@ -198,7 +198,18 @@ async function run() {
     await page.keyboard.press("Control+End");
     await page.keyboard.type(config.header, { delay: 40 });
     await page.keyboard.press("Enter");
-    const ghost = await until("ghost text", async () => ghostText(page));
+    // VS Code draws the lines below the cursor and the inline part in separate passes: read
+    // the ghost text once it has held still for half a second.
+    let ghost = "";
+    let since = Date.now();
+    await until("ghost text", async () => {
+      const now = await ghostText(page);
+      if (now !== ghost) {
+        ghost = now;
+        since = Date.now();
+      }
+      return ghost && Date.now() - since > 500;
+    });
     note("ghost", { ghost, screenshot: await shot(page, "ghost-text") });
     await page.keyboard.press("Tab");
     await until("the ghost text to go", async () => !(await ghostText(page)));

@@ -98,7 +98,6 @@ def install_npm_packages() -> None:
         "TMPDIR": str(tmp),
         "npm_config_nodedir": "/usr",  # Node's headers (/usr/include/node), for native modules
         "npm_config_yes": "true",  # node-pty's postinstall calls npx
-        "npm_config_unsafe_perm": "true",  # install scripts run as root too
     }
     (folder / ".installed").unlink(missing_ok=True)
     subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=folder, env=env, check=True)
