@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -34,6 +35,7 @@ DECODE_PATHS = ("auto", "torch", "inductor", "native", "cuda-graph")
 AUTO_COMPILE_PARAMETERS = 50_000_000
 
 NativeBlocks = tuple[native.BlockKernel, list[native.BlockParams]]
+F16_MAX = 65504.0  # the largest finite float16
 
 
 class DecodePathUnavailable(ValueError):
@@ -284,40 +286,62 @@ class InductorDecoder(TorchDecoder):
 # -- native CPU kernels ----------------------------------------------------------------------
 
 
-def native_kind(model: GPTBigCodeForCausalLM) -> tuple[str | None, str]:
-    """The native kernels that decode this model ("bf16", "fp32", or "q8" for quantize_int8's
-    layers with quantised activations in a bf16 model), or None and why not."""
+def native_kind(model: GPTBigCodeForCausalLM, isa: str | None = None
+                ) -> tuple[str | None, str]:
+    """The native kernels that decode this model on `isa` (native.select_isa's choice by
+    default): "bf16", "fp32", or "q8" for quantize_int8's layers with quantised activations in
+    a bf16 model; or None and why not. (A NativeDecoder may run an fp32 model's blocks on
+    half-precision copies of its matrices: its kind is then "bf16w" or "f16w".)"""
     weight = model.transformer.wte.weight
     dtype_name = str(weight.dtype).removeprefix("torch.")
     if weight.device.type != "cpu":
         return None, f"the native kernels run on the CPU; the model is on {weight.device}"
-    if native.library() is None:
-        return None, native.unavailable_reason()
+    if native.library(isa) is None:
+        return None, native.unavailable_reason(isa)
     first = cast(GPTBigCodeBlock, model.transformer.h[0]).attn.c_attn
     if isinstance(first, Int8Linear):
         if weight.dtype != torch.bfloat16:
             return None, f"int8 layers run natively in bfloat16 models, this one is {dtype_name}"
         if not first.quantize_activations:
             return None, "int8 layers run natively with quantize_activations on"
+        if native.int8_row_product_kernel(True, isa) is None:
+            return None, "int8 layers run natively on AVX-512 only"
         return "q8", ""
-    if native.row_product_kernel(weight.dtype) is None:
+    if native.row_product_kernel(weight.dtype, isa) is None:
         if weight.dtype == torch.bfloat16:
             return None, "bfloat16 kernels need a CPU with AVX512-BF16"
         return None, f"there are no native kernels for {dtype_name} weights"
     return ("bf16" if weight.dtype == torch.bfloat16 else "fp32"), ""
 
 
-def native_blocks(model: GPTBigCodeForCausalLM, kind: str) -> NativeBlocks | None:
-    """The fused block kernel of `kind` and, per block, its parameters; None where it does
-    not apply (another activation, head size or layer type, or MHA)."""
-    kernel = native.block_kernel(kind)
+def native_weight_storage(weights: str = "auto") -> torch.dtype:
+    """How a NativeDecoder stores an fp32 model's block matrices: `weights` ("fp32", "bf16",
+    "f16", or "auto": $GPTBIGCODE_NATIVE_WEIGHTS if set, else native.weight_storage's choice
+    for this CPU)."""
+    if weights == "auto":
+        weights = os.environ.get(native.WEIGHTS_ENV, "").strip().lower() or "auto"
+    if weights == "auto":
+        return native.weight_storage()
+    if weights not in native.WEIGHT_FORMATS:
+        raise ValueError(f"native weight storage {weights!r} is not one of "
+                         f"{['auto', *native.WEIGHT_FORMATS]}")
+    return native.WEIGHT_FORMATS[weights]
+
+
+def native_blocks(model: GPTBigCodeForCausalLM, kind: str, isa: str | None = None,
+                  matrices: list[dict[str, torch.Tensor]] | None = None) -> NativeBlocks | None:
+    """The fused block kernel of `kind` on `isa` and, per block, its parameters; None where
+    it does not apply (another activation, head size or layer type, or MHA). matrices: per
+    block, the tensors to read in place of the layers' weights ("attn_w", ...), e.g. their
+    half-precision copies for "bf16w" / "f16w"."""
+    kernel = native.block_kernel(kind, isa)
     cfg = model.config
     if (kernel is None or not cfg.multi_query or cfg.activation_function != "gelu_pytorch_tanh"
             or cfg.head_dim not in native.ATTENTION_HEAD_DIMS or cfg.n_head > 48
             or cfg.inner_dim % 32 != 0):
         return None
     found: list[native.BlockParams] = []
-    for module in model.transformer.h:
+    for index, module in enumerate(model.transformer.h):
         block = cast(GPTBigCodeBlock, module)
         attn, mlp = block.attn, block.mlp
         tensors: dict[str, torch.Tensor | None] = {
@@ -333,6 +357,8 @@ def native_blocks(model: GPTBigCodeForCausalLM, kind: str) -> NativeBlocks | Non
             else:
                 return None
             tensors[f"{name}_b"] = linear.bias
+        if matrices is not None:
+            tensors.update(matrices[index])
         params = kernel.params(tensors, block.ln_1.eps, block.ln_2.eps)
         if params is None:
             return None
@@ -341,29 +367,41 @@ def native_blocks(model: GPTBigCodeForCausalLM, kind: str) -> NativeBlocks | Non
 
 
 class NativeDecoder(TorchDecoder):
-    """model.native's C kernels (x86-64 with AVX-512; bf16 needs AVX512-BF16, q8
-    AVX512-VNNI): they read the weights at the memory's speed where torch's one-row
-    matmuls reach a third (bf16) to a half (fp32) of it.
+    """model.native's C kernels for the CPU's instruction set (`isa`: AVX-512 or AVX2, see
+    native.select_isa; bf16 needs AVX512-BF16, q8 AVX512-VNNI): they read the weights at the
+    memory's speed where torch's one-row matmuls reach a third (bf16) to a half (fp32) of it.
 
     - a one-token step: each block one fused native call (layer norms, products, attention
       and GELU without a trip through Python per operation, rounding where torch's path
       rounds, the softmax in fp32); where the fused kernel does not apply, the blocks as
       tensor operations with native row products and, in bf16, native attention;
+    - an fp32 model's fused blocks and lm_head may read half-precision copies of the
+      matrices (`weights`: "fp32", "bf16", "f16" or "auto", native_weight_storage), widened
+      to fp32 in the kernel: half the bytes per token where the CPU has no bf16 arithmetic,
+      for half the matrices' size in memory more; kinds "f16w" / "bf16w";
     - lm_head and 2 to native.MAX_ROWS rows (a keystroke that retokenises into a few tokens
       after a cache) on native row products, each query of those few attending on the
       one-token attention kernel over the keys up to itself (SDPA with the causal mask
-      this needs costs 3-4x as much on the CPU);
+      this needs costs 3-4x as much on the CPU); in fp32, with fused blocks, as that many
+      one-token steps;
     - anything longer through the model's forward, lm_head on the native products.
 
     `start` and `prefill` pick the kernels again after the model's weights moved or changed
     dtype. One scratch buffer per decoder: one decode at a time.
     """
 
-    def __init__(self, model: GPTBigCodeForCausalLM) -> None:
+    def __init__(self, model: GPTBigCodeForCausalLM, isa: str | None = None,
+                 weights: str = "auto") -> None:
         super().__init__(model)
+        # a named ISA this CPU lacks raises (native.IsaUnavailable) rather than run another
+        self.isa = native.select_isa(isa) if isa is not None else native.active_isa()
+        self.requested_weights = weights
+        native_weight_storage(weights)  # a bad name fails here, not at refresh
         self.kind: str | None = None
         self.fused: NativeBlocks | None = None
         self.attention: native.Attention | None = None
+        self.copies: list[dict[str, torch.Tensor]] = []  # per block, for "bf16w" / "f16w"
+        self.lm_head_copy: torch.Tensor | None = None
         self.weights: tuple[object, ...] = ()
         self.work: torch.Tensor | None = None
         self.refresh()
@@ -377,18 +415,56 @@ class NativeDecoder(TorchDecoder):
         key = self.weights_key()
         if key == self.weights:
             return
-        self.weights = key
-        self.kind = native_kind(self.model)[0]
-        self.fused = native_blocks(self.model, self.kind) if self.kind else None
-        bf16 = self.kind in ("bf16", "q8")
-        self.attention = native.attention_kernel(self.model.config.head_dim) if bf16 else None
+        self.weights, self.work = key, None
+        self.kind = native_kind(self.model, self.isa)[0]
+        self.fused, self.copies, self.lm_head_copy = None, [], None
+        if self.kind == "fp32":
+            self.store_half(native_weight_storage(self.requested_weights))
+        if self.kind and self.fused is None:
+            self.fused = native_blocks(self.model, self.kind, self.isa)
+        head_dim = self.model.config.head_dim
+        self.attention = (native.attention_kernel(head_dim, self.isa)
+                          if self.kind in ("bf16", "q8")
+                          else native.fp32_attention_kernel(head_dim, self.isa)
+                          if self.kind else None)
+
+    def store_half(self, storage: torch.dtype) -> None:
+        """Run the fused blocks and lm_head on copies of the matrices stored as `storage`
+        where it is half precision and the fused kernel applies; f16 gives way to bf16 for
+        weights beyond f16's range."""
+        if storage == torch.float32:
+            return
+        layers = [(cast(GPTBigCodeBlock, b).attn, cast(GPTBigCodeBlock, b).mlp)
+                  for b in self.model.transformer.h]
+        linears = [{"attn_w": a.c_attn, "proj_w": a.c_proj, "fc_w": m.c_fc, "out_w": m.c_proj}
+                   for a, m in layers]
+        if not all(isinstance(x, nn.Linear) for d in linears for x in d.values()):
+            return
+        weights = [x.weight.detach() for d in linears for x in d.values()]
+        if storage == torch.float16 and any(float(w.abs().max()) > F16_MAX for w in weights):
+            storage = torch.bfloat16
+        copies = [{name: cast(nn.Linear, x).weight.detach().to(storage).contiguous()
+                   for name, x in d.items()} for d in linears]
+        kind = "f16w" if storage == torch.float16 else "bf16w"
+        fused = native_blocks(self.model, kind, self.isa, copies)
+        if fused is None:
+            return
+        self.kind, self.fused, self.copies = kind, fused, copies
+        head = self.model.lm_head
+        if (isinstance(head, nn.Linear) and head.weight.stride(1) == 1
+                and (storage == torch.bfloat16
+                     or float(head.weight.detach().abs().max()) <= F16_MAX)):
+            self.lm_head_copy = head.weight.detach().to(storage).contiguous()
 
     def weights_key(self) -> tuple[object, ...]:
         blocks = self.model.transformer.h
         first, last = cast(GPTBigCodeBlock, blocks[0]), cast(GPTBigCodeBlock, blocks[-1])
-        tensors = (*first.parameters(), *first.buffers(), *last.parameters(), *last.buffers())
+        tensors = (*first.parameters(), *first.buffers(), *last.parameters(), *last.buffers(),
+                   *self.model.lm_head.parameters())
+        # the version counter: an in-place load (load_state_dict) must renew the half copies
         return (id(first.attn.c_attn), id(last.mlp.c_proj),
-                *((t.data_ptr(), t.dtype, t.device) for t in tensors))
+                *((t.data_ptr(), t.dtype, t.device, 0 if t.is_inference() else t._version)
+                  for t in tensors))
 
     def start(self, kv: KVCache) -> None:
         self.refresh()
@@ -401,7 +477,12 @@ class NativeDecoder(TorchDecoder):
                 or (T == 1 and self.trimmed())):
             return super().prefill(ids, kv, logits_to_keep)
         with torch.inference_mode():
-            hidden = self.few_tokens(ids, kv)
+            if self.fused is not None and self.kind in native.FP32_KINDS and self.trimmed():
+                # fp32 has no few-row kernel: T fused one-token steps read the weights T
+                # times, still 2-3x faster than F.linear's few rows and the Python per block.
+                hidden = torch.cat([self.one_token(ids[:, t:t + 1], kv) for t in range(T)], 1)
+            else:
+                hidden = self.few_tokens(ids, kv)
             if logits_to_keep:
                 hidden = hidden[:, -logits_to_keep:]
             return self.product(self.model.lm_head, hidden)
@@ -412,12 +493,20 @@ class NativeDecoder(TorchDecoder):
         if isinstance(linear, nn.Linear) and cpu_products_allowed(x, linear.weight):
             rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
             weight, bias = linear.weight, linear.bias
-            kernel = native.row_product_kernel(x.dtype) if 0 < rows <= native.MAX_ROWS else None
+            copy = self.lm_head_copy if linear is self.model.lm_head else None
+            if copy is not None and rows == 1 and (bias is None or bias.is_contiguous()):
+                half = native.half_weight_product_kernel(copy.dtype, self.isa)
+                if half is not None:
+                    y = half(x.reshape(-1).contiguous(), copy, bias)  # (N,)
+                    return y.view(*x.shape[:-1], linear.out_features)
+            kernel = (native.row_product_kernel(x.dtype, self.isa)
+                      if 0 < rows <= native.MAX_ROWS else None)
             if kernel is not None and native.supports(weight, bias):
                 if rows == 1:
                     y = kernel(x.reshape(-1).contiguous(), weight, bias)  # (N,)
                     return y.view(*x.shape[:-1], linear.out_features)
-                few = native.rows_product_kernel() if x.dtype == torch.bfloat16 else None
+                few = (native.rows_product_kernel(self.isa) if x.dtype == torch.bfloat16
+                       else None)
                 if few is not None:
                     y = few(x.reshape(rows, -1).contiguous(), weight, bias)  # (M, N)
                     return y.view(*x.shape[:-1], linear.out_features)
@@ -425,7 +514,8 @@ class NativeDecoder(TorchDecoder):
 
     def attend(self, attn: GPTBigCodeAttention, q: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor) -> torch.Tensor:
-        if self.attention is None or q.dtype != torch.bfloat16 or keys.dtype != torch.bfloat16:
+        dtype = torch.bfloat16 if self.kind in ("bf16", "q8") else torch.float32
+        if self.attention is None or q.dtype != dtype or keys.dtype != dtype:
             return super().attend(attn, q, keys, values)
         return self.attention(q.view(attn.num_heads, attn.head_dim), keys, values, attn.scale)
 
@@ -500,9 +590,12 @@ def auto_path(model: GPTBigCodeForCausalLM) -> str:
     return "torch"
 
 
-def make_decoder(model: GPTBigCodeForCausalLM, path: str = "auto") -> Decoder:
+def make_decoder(model: GPTBigCodeForCausalLM, path: str = "auto", isa: str | None = None,
+                 weights: str = "auto") -> Decoder:
     """The decoder of `path` (DECODE_PATHS; "auto": `auto_path`) for the model as it is now.
-    An explicit path that cannot run raises DecodePathUnavailable saying why."""
+    An explicit path that cannot run raises DecodePathUnavailable saying why. isa and weights
+    go to the native path (NativeDecoder): the instruction set (native.select_isa) and how an
+    fp32 model's matrices are stored for it."""
     if path not in DECODE_PATHS:
         raise DecodePathUnavailable(f"decode path {path!r} is not one of {list(DECODE_PATHS)}")
     if path == "auto":
@@ -510,10 +603,10 @@ def make_decoder(model: GPTBigCodeForCausalLM, path: str = "auto") -> Decoder:
     if path == "torch":
         return TorchDecoder(model)
     if path == "native":
-        kind, why = native_kind(model)
+        kind, why = native_kind(model, isa)
         if kind is None:
             raise DecodePathUnavailable(f"the native decode path cannot run: {why}")
-        return NativeDecoder(model)
+        return NativeDecoder(model, isa, weights)
     if path == "inductor":
         why = inductor_problem(model)
         if why:

@@ -11,13 +11,16 @@ import torch
 
 # CPU flags (Linux /proc/cpuinfo names) of instructions that compute in bf16 natively; without
 # them oneDNN emulates bf16 matmuls, which are then slower than fp32 ones.
-_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
-def cpu_flags() -> frozenset[str]:
+@functools.cache  # asked on every native product: read the file once
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The first CPU's feature flags as Linux names them ("flags" on x86, "Features" on ARM);
+    empty where `cpuinfo` is missing."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith(("flags", "Features")):
                 return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
@@ -29,7 +32,7 @@ def cpu_bf16_native() -> bool:
     """Whether this CPU has bf16 instructions and a small bf16 matmul runs here and is right."""
     flags = cpu_flags()
     on_arm_mac = platform.system() == "Darwin" and platform.machine() == "arm64"
-    if not (flags & _BF16_FLAGS or on_arm_mac):
+    if not (flags & BF16_FLAGS or on_arm_mac):
         return False
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
@@ -44,7 +47,9 @@ def cpu_bf16_native() -> bool:
 
 
 def auto_dtype(device: str | torch.device) -> torch.dtype:
-    """bf16 on a CUDA GPU that has it and on a CPU that computes it natively, else fp32."""
+    """bf16 on a CUDA GPU that has it and on a CPU that computes it natively, else fp32. (On
+    such a CPU the native decoder then reads the fp32 model's matrices from f16 copies:
+    model.native.weight_storage.)"""
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

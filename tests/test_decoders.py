@@ -27,6 +27,9 @@ from model.decoders import (
 from model.generation import generate
 from model.static_decode import GraphDecoder
 
+# every instruction set the native kernels run on here (AVX-512 CPUs run the AVX2 build too)
+ISAS = [isa for isa in native.ISA_FLAGS if not native.isa_problem(isa)]
+
 # name -> whether the path can run here (for a bf16 model)
 PATHS = {
     "native": native.row_product_kernel(torch.bfloat16) is not None,
@@ -102,15 +105,16 @@ def test_decoding_gives_the_plain_paths_logits_and_greedy_tokens(
     assert torch.equal(fast, plain)
 
 
-def test_fp32_decoding_on_the_native_kernels_matches_closely() -> None:
-    if native.row_product_kernel(torch.float32) is None:
+@pytest.mark.parametrize("isa", ISAS)
+def test_fp32_decoding_on_the_native_kernels_matches_closely(isa: str) -> None:
+    if native.row_product_kernel(torch.float32, isa) is None:
         pytest.skip("no native fp32 kernel on this CPU")
     model = tiny(True, torch.float32)
     ids = torch.randint(0, 160, (1, 12))
     plain = model.generate(ids, max_new_tokens=10)
     step_plain = step_logits(TorchDecoder(model), ids)
-    decoder = make_decoder(model, "native")
-    assert decoder.path == "native-fp32"
+    decoder = make_decoder(model, "native", isa=isa)
+    assert decoder.path == "native-fp32"  # head_dim 16: no fused blocks, no half copies
     torch.testing.assert_close(step_logits(decoder, ids), step_plain, rtol=1e-5, atol=1e-5)
     assert torch.equal(generate(model, ids, max_new_tokens=10, decoder=decoder), plain)
 
@@ -277,21 +281,148 @@ def test_fused_blocks_are_rebuilt_after_the_model_moves_and_skip_other_cases() -
     assert odd.fused is None and odd.path == "native-bf16"
 
 
-def test_fused_fp32_blocks_match_the_plain_fp32_path() -> None:
-    if native.block_kernel("fp32") is None:
-        pytest.skip("no AVX-512 native kernels here")
+@pytest.mark.parametrize("isa", ISAS)
+def test_fused_fp32_blocks_match_the_plain_fp32_path(isa: str) -> None:
+    if native.block_kernel("fp32", isa) is None:
+        pytest.skip(f"no {isa} native kernels here")
     model = starcoder_like(256, 2).float()
     ids = torch.randint(0, 300, (1, 31), generator=torch.Generator().manual_seed(5))
     plain_tokens = model.generate(ids[:, :30], max_new_tokens=20)
     plain, plain_kv = prefill_and_step(TorchDecoder(model), ids[:, :30])
-    decoder = make_decoder(model, "native")
+    decoder = make_decoder(model, "native", isa=isa, weights="fp32")
     assert isinstance(decoder, NativeDecoder) and decoder.fused is not None
+    assert decoder.path == "native-fp32" and decoder.fused[0].isa == isa
     fused, kv = prefill_and_step(decoder, ids[:, :30])
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(kv.buffer[:, :, :, :, :31], plain_kv.buffer[:, :, :, :, :31],
                                rtol=1e-4, atol=1e-4)
     assert torch.equal(generate(model, ids[:, :30], max_new_tokens=20, decoder=decoder),
                        plain_tokens)
+
+
+# -- fp32 models on half-precision copies of their matrices (vecdot.c) -------------------------
+
+HALF_KINDS = {"bf16": ("bf16w", torch.bfloat16), "f16": ("f16w", torch.float16)}
+
+
+def half_valued(model: GPTBigCodeForCausalLM, storage: torch.dtype) -> GPTBigCodeForCausalLM:
+    """The fp32 model with every parameter rounded to `storage`'s values (kept in fp32): the
+    half copies then hold exactly its weights, so the fused blocks must give its fp32
+    results."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(storage).float())
+    return model
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("weights", HALF_KINDS)
+@pytest.mark.parametrize(("n_embd", "n_head"), [(256, 2), (384, 6)])
+def test_half_weight_blocks_give_the_fp32_paths_logits_cache_and_tokens(
+    isa: str, weights: str, n_embd: int, n_head: int
+) -> None:
+    kind, storage = HALF_KINDS[weights]
+    model = half_valued(starcoder_like(n_embd, n_head).float(), storage)
+    ids = torch.randint(0, 300, (1, 41), generator=torch.Generator().manual_seed(n_embd))
+    plain_tokens = model.generate(ids[:, :40], max_new_tokens=20)
+    plain, plain_kv = prefill_and_step(TorchDecoder(model), ids)
+    decoder = make_decoder(model, "native", isa=isa, weights=weights)
+    assert isinstance(decoder, NativeDecoder) and decoder.path == f"native-{kind}"
+    assert decoder.fused is not None and decoder.fused[0].isa == isa
+    assert decoder.lm_head_copy is not None and decoder.lm_head_copy.dtype == storage
+    assert decoder.copies[0]["attn_w"].dtype == storage
+    fused, kv = prefill_and_step(decoder, ids)
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(kv.buffer[:, :, :, :, :42], plain_kv.buffer[:, :, :, :, :42],
+                               rtol=1e-4, atol=1e-4)
+    assert torch.equal(generate(model, ids[:, :40], max_new_tokens=20, decoder=decoder),
+                       plain_tokens)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("weights", ["fp32", "f16"])
+def test_a_few_fp32_tokens_after_a_cache_run_as_fused_steps_and_match_forward(
+    isa: str, weights: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = half_valued(starcoder_like(256, 2).float(), torch.float16)
+    ids = torch.randint(0, 300, (1, 23), generator=torch.Generator().manual_seed(9))
+    decoder = NativeDecoder(model, isa, weights)
+    assert decoder.fused is not None
+    caches = []
+    for run in (TorchDecoder(model), decoder):
+        kv = KVCache(model.config, 1, 32)
+        run.prefill(ids[:, :20], kv)
+        if run is decoder:
+            calls = count_f_linear(monkeypatch)
+        logits = run.prefill(ids[:, 20:], kv, logits_to_keep=2)  # 3 tokens after the cache
+        caches.append((logits, kv))
+    (plain, plain_kv), (fused, fused_kv) = caches
+    assert len(calls) == 1  # lm_head's two rows; no block product leaves the fused kernel
+    assert fused.shape == plain.shape == (1, 2, 300)
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
+    assert fused_kv.length == plain_kv.length == 23
+    torch.testing.assert_close(fused_kv.buffer[:, :, :, :, :23],
+                               plain_kv.buffer[:, :, :, :, :23], rtol=1e-4, atol=1e-4)
+
+
+def test_auto_stores_half_weights_only_where_the_cpu_has_no_bf16_arithmetic(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    avx2 = frozenset({"avx", "avx2", "fma", "f16c"})
+    assert native.weight_storage(flags=avx2) == torch.float16
+    assert native.weight_storage(flags=avx2 | {"avx512f", "avx512bw"}) == torch.float16
+    assert native.weight_storage(flags=avx2 | {"avx512f", "avx512_bf16"}) == torch.float32
+    if not ISAS:
+        pytest.skip("no native kernels here")
+    monkeypatch.delenv(native.WEIGHTS_ENV, raising=False)
+    model = starcoder_like(128, 2).float()
+    expected = {torch.float16: "native-f16w", torch.float32: "native-fp32"}
+    assert NativeDecoder(model).path == expected[native.weight_storage()]
+    monkeypatch.setenv(native.WEIGHTS_ENV, "bf16")
+    assert NativeDecoder(model).path == "native-bf16w"
+    assert NativeDecoder(model, weights="fp32").path == "native-fp32"  # named beats the env
+    with pytest.raises(ValueError, match=r"native weight storage 'f8' is not one of"):
+        NativeDecoder(model, weights="f8")
+
+
+def test_f16_gives_way_to_bf16_for_weights_beyond_its_range() -> None:
+    if not ISAS:
+        pytest.skip("no native kernels here")
+    model = starcoder_like(128, 2).float()
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[3, 5] = 1e5  # inf in f16
+    decoder = NativeDecoder(model, weights="f16")
+    assert decoder.path == "native-bf16w"
+
+
+def test_half_copies_follow_weights_loaded_in_place() -> None:
+    if not ISAS:
+        pytest.skip("no native kernels here")
+    model = starcoder_like(128, 2).float()
+    other = starcoder_like(128, 2).float()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-1.5)
+    ids = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(2))
+    decoder = NativeDecoder(model, weights="bf16")
+    before, _ = prefill_and_step(decoder, ids)
+    model.load_state_dict(other.state_dict())  # copies into the same storage
+    after, _ = prefill_and_step(decoder, ids)
+    expected, _ = prefill_and_step(NativeDecoder(other, weights="bf16"), ids)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected)
+
+
+def test_an_unknown_or_missing_instruction_set_is_refused_by_the_native_path() -> None:
+    model = starcoder_like(128, 2).float()
+    with pytest.raises(DecodePathUnavailable, match=r"native decode path cannot run: .*'sse9'"):
+        make_decoder(model, "native", isa="sse9")
+    lacking = [isa for isa in native.ISA_FLAGS if isa not in ISAS]
+    if lacking:
+        with pytest.raises(DecodePathUnavailable, match=rf"{lacking[0]}.* refused: "):
+            make_decoder(model, "native", isa=lacking[0])
+        with pytest.raises(native.IsaUnavailable, match=rf"{lacking[0]}.* refused: "):
+            NativeDecoder(model, lacking[0])
 
 
 @pytest.mark.parametrize("rows", [2, 3, 8])

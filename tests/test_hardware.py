@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,3 +35,13 @@ def test_a_cpu_with_bf16_instructions_runs_in_bf16() -> None:
 
 def test_other_devices_without_a_rule_run_in_float32() -> None:
     assert hardware.auto_dtype("meta") == torch.float32
+
+
+def test_cpu_flags_are_read_from_x86_and_arm_cpuinfo(tmp_path: Path) -> None:
+    x86, arm = tmp_path / "x86", tmp_path / "arm"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma f16c\n"
+                   "processor\t: 1\nflags\t\t: fpu\n")
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm fphp\n")
+    assert hardware.cpu_flags(x86) == {"fpu", "avx2", "fma", "f16c"}
+    assert hardware.cpu_flags(arm) == {"fp", "asimd", "evtstrm", "fphp"}
+    assert hardware.cpu_flags(tmp_path / "missing") == frozenset()

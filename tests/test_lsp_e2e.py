@@ -263,7 +263,8 @@ async def test_status_reports_model_cache_latency_and_steps(
     assert (status["device"], status["dtype"]) == ("cpu", expected)
     assert status["ready"] is True and status["error"] is None
     assert status["layout"] == "spm" and status["positionEncoding"] == "utf-16"
-    assert status["decodePath"] in ("torch", "inductor", "native-fp32", "native-bf16")
+    assert status["decodePath"] in ("torch", "inductor", "native-fp32", "native-bf16",
+                                    "native-f16w", "native-bf16w")
     cache = status["cache"]
     assert cache["entries"] >= 1 and cache["cpuBytes"] > 0 and cache["hits"] >= 1
     assert cache["tokensReused"] > 0 and cache["tokensComputed"] > 0

@@ -1,9 +1,14 @@
-"""The native one-row kernels (model/csrc/rowdot.c): equal to F.linear at the dtype's
-tolerance over awkward shapes, strides and thread counts; refuse what they cannot take;
-build once into the cache and report a failed build instead of raising."""
+"""The native kernels (model/csrc/rowdot.c, and vecdot.c for every instruction set this CPU
+has): equal to F.linear at the dtype's tolerance over awkward shapes, strides and thread
+counts; refuse what they cannot take; build once into the cache and report a failed build
+instead of raising; an instruction set the CPU lacks is refused, naming what is missing."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +18,10 @@ import torch.nn.functional as F
 from model import native
 
 pytestmark = pytest.mark.skipif(native.library() is None,
-                                reason="no x86-64 CPU with AVX-512 or no C compiler here")
+                                reason="no x86-64 CPU with AVX2 or AVX-512 or no C compiler")
+
+# every instruction set this CPU runs (AVX-512 CPUs run the AVX2 build too)
+ISAS = [isa for isa in native.ISA_FLAGS if not native.isa_problem(isa)]
 
 needs_bf16 = pytest.mark.skipif(native.row_product_kernel(torch.bfloat16) is None,
                                 reason="the CPU has no AVX512-BF16")
@@ -43,23 +51,25 @@ def test_bf16_product_is_the_rounded_exact_product(n: int, k: int, with_bias: bo
     torch.testing.assert_close(got, F.linear(x, w, b), rtol=0.02, atol=0.05)
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 50), (33, 64), (130, 768), (2, 3001)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_fp32_product_matches_f_linear(n: int, k: int, with_bias: bool) -> None:
+def test_fp32_product_matches_f_linear(isa: str, n: int, k: int, with_bias: bool) -> None:
     g = torch.Generator().manual_seed(n + k)
     w, x = torch.randn(n, k, generator=g), torch.randn(k, generator=g)
     b = torch.randn(n, generator=g) if with_bias else None
-    kernel = native.row_product_kernel(torch.float32)
+    kernel = native.row_product_kernel(torch.float32, isa)
     assert kernel is not None
     torch.testing.assert_close(kernel(x, w, b).double(), reference(x, w, b),
                                rtol=1e-5, atol=1e-5 * k**0.5)
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rows_of_a_wider_matrix_and_two_threads(dtype: torch.dtype) -> None:
-    kernel = native.row_product_kernel(dtype)
+def test_rows_of_a_wider_matrix_and_two_threads(isa: str, dtype: torch.dtype) -> None:
+    kernel = native.row_product_kernel(dtype, isa)
     if kernel is None:
-        pytest.skip(f"no native {dtype} kernel on this CPU")
+        pytest.skip(f"no native {dtype} kernel for {isa} on this CPU")
     big = torch.randn(300, 160).to(dtype)
     w = big[:, 32:96]  # row stride 160, unit stride along K
     x = torch.randn(64).to(dtype)
@@ -102,6 +112,177 @@ def test_the_library_is_built_once_per_source_and_compiler(tmp_path: Path) -> No
     assert native.build_library(compiler, tmp_path) == first
     assert first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial files left
+
+
+def test_the_portable_source_builds_one_library_per_instruction_set(tmp_path: Path) -> None:
+    compiler = native.find_compiler()
+    assert compiler is not None
+    built = {isa: native.build_library(compiler, tmp_path, native.PORTABLE[isa])
+             for isa in native.PORTABLE}
+    assert len(set(built.values())) == len(native.PORTABLE)  # keyed by the flags too
+    assert all(p.name.startswith("vecdot-") for p in built.values())
+    for isa in ISAS:
+        width = ctypes.CDLL(str(built[isa])).vecdot_width()
+        assert width == {"avx512": 16, "avx2": 8, "neon": 4}[isa]
+
+
+# The C checks of vecdot.c (tests/native/vecdot_check.c: every kernel against double-precision
+# loops), compiled with a build's flags: natively for this CPU's ISAs, and for 64-bit ARM
+# with Debian's cross compiler, run under qemu-user.
+CHECK = Path(__file__).with_name("native") / "vecdot_check.c"
+
+
+def run_check(compiler: str, build: native.Build, tmp_path: Path, runner: list[str],
+              extra: tuple[str, ...] = ()) -> str:
+    flags = [f for f in build.flags if f not in ("-shared", "-fPIC")]
+    program = tmp_path / "vecdot_check"
+    subprocess.run([compiler, *flags, *extra, "-o", str(program), str(CHECK),
+                    str(build.source), *build.libs], check=True, capture_output=True)
+    result = subprocess.run([*runner, str(program)], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ISAS)
+def test_the_portable_kernels_pass_their_c_checks(isa: str, tmp_path: Path) -> None:
+    compiler = native.find_compiler()
+    assert compiler is not None
+    out = run_check(compiler, native.PORTABLE[isa], tmp_path, [])
+    width = {"avx512": 16, "avx2": 8, "neon": 4}[isa]
+    assert out.startswith("ok ") and f"(vector width {width})" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")),
+                    reason="needs aarch64-linux-gnu-gcc and qemu-aarch64 "
+                    "(Debian packages gcc-aarch64-linux-gnu, qemu-user)")
+def test_the_neon_build_passes_its_c_checks_under_qemu(tmp_path: Path) -> None:
+    out = run_check("aarch64-linux-gnu-gcc", native.PORTABLE["neon"], tmp_path,
+                    ["qemu-aarch64"], ("-static",))
+    assert out.startswith("ok ") and "(vector width 4)" in out
+
+
+# -- choosing the instruction set ------------------------------------------------------------
+
+AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})
+AVX512 = AVX2_ONLY | {"avx512f", "avx512bw", "avx512_bf16"}
+
+
+def test_the_fastest_instruction_set_the_flags_have_is_chosen(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(native.ISA_ENV, raising=False)
+    assert native.select_isa(flags=AVX512, machine="x86_64") == "avx512"
+    assert native.select_isa(flags=AVX2_ONLY, machine="x86_64") == "avx2"
+    assert native.select_isa("auto", flags=AVX2_ONLY, machine="x86_64") == "avx2"
+    assert native.select_isa("AVX2", flags=AVX512, machine="x86_64") == "avx2"
+    assert native.select_isa(flags=frozenset({"fp", "asimd"}), machine="aarch64") == "neon"
+    assert native.select_isa(flags=frozenset(), machine="arm64") == "neon"  # macOS: no flags
+
+
+def test_an_instruction_set_the_cpu_lacks_is_refused_naming_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(native.IsaUnavailable,
+                       match=r"avx512 refused: the CPU lacks avx512bw, avx512f"):
+        native.select_isa("avx512", flags=AVX2_ONLY, machine="x86_64")
+    monkeypatch.setenv(native.ISA_ENV, "avx512")
+    with pytest.raises(native.IsaUnavailable,
+                       match=r"avx512 \(asked for by \$GPTBIGCODE_NATIVE_ISA\) refused"):
+        native.select_isa(flags=AVX2_ONLY, machine="x86_64")
+    with pytest.raises(native.IsaUnavailable, match=r"lacks f16c, fma"):
+        native.select_isa("avx2", flags=frozenset({"avx", "avx2"}), machine="x86_64")
+    with pytest.raises(native.IsaUnavailable, match=r"'sse9' is not one of"):
+        native.select_isa("sse9", flags=AVX512, machine="x86_64")
+    with pytest.raises(native.IsaUnavailable, match=r"need an x86-64 CPU, this is aarch64"):
+        native.select_isa("avx2", flags=AVX512, machine="aarch64")
+    with pytest.raises(native.IsaUnavailable, match=r"need a 64-bit ARM CPU, this is x86_64"):
+        native.select_isa("neon", flags=AVX512, machine="x86_64")
+    monkeypatch.delenv(native.ISA_ENV)
+    with pytest.raises(native.IsaUnavailable, match=r"no native kernels for this CPU: .*avx2"):
+        native.select_isa(flags=frozenset({"sse4_2", "avx"}), machine="x86_64")
+
+
+def test_the_environment_forces_the_instruction_set_the_kernels_run_on(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if "avx2" not in ISAS:
+        pytest.skip("the CPU has no AVX2")
+    monkeypatch.setenv(native.ISA_ENV, "avx2")
+    assert native.select_isa() == "avx2"
+    assert native.library() is native.portable_library("avx2")
+    assert native.row_product_kernel(torch.bfloat16) is None  # no bf16 arithmetic on AVX2
+    assert native.attention_kernel(64) is None and native.rows_product_kernel() is None
+    kernel = native.block_kernel("fp32")
+    assert kernel is not None and kernel.isa == "avx2"
+
+
+def test_a_forced_instruction_set_this_cpu_lacks_leaves_no_kernels_and_says_why(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lacking = [isa for isa in native.ISA_FLAGS if isa not in ISAS]
+    if not lacking:
+        pytest.skip("this CPU runs every instruction set the kernels are built for")
+    monkeypatch.setenv(native.ISA_ENV, lacking[0])
+    assert native.library() is None and native.row_product_kernel(torch.float32) is None
+    assert "refused: " in native.unavailable_reason()
+    assert lacking[0] in native.unavailable_reason()
+
+
+# -- fp32 products of half-precision weights (vecdot.c) --------------------------------------
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("storage", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 50), (33, 64), (130, 768), (3, 3001)])
+def test_half_weight_products_are_the_fp32_products_of_the_stored_weights(
+    isa: str, storage: torch.dtype, n: int, k: int
+) -> None:
+    g = torch.Generator().manual_seed(n * k + 1)
+    w = (torch.randn(n, k, generator=g) * 0.05).to(storage)
+    x, b = torch.randn(k, generator=g), torch.randn(n, generator=g)
+    kernel = native.half_weight_product_kernel(storage, isa)
+    assert kernel is not None
+    got = kernel(x, w, b)
+    assert got.shape == (n,) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), reference(x, w.float(), b),
+                               rtol=1e-5, atol=1e-6 * k**0.5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_f16_weights_widen_exactly_subnormals_and_extremes_included(isa: str) -> None:
+    values = torch.tensor([0.0, -0.0, 2.0**-24, -(2.0**-24), 3 * 2.0**-20, 6.1e-5, 65504.0,
+                           -65504.0, 1.0 / 3, -2.5, 1e-3, 7.0, 0.5, -1.0, 1024.0, 2.0**-14,
+                           123.4, -0.007, 4.0])  # 19 values: a full vector and a scalar tail
+    w = values.half()[None, :].repeat(19, 1)
+    x = torch.eye(19)
+    kernel = native.half_weight_product_kernel(torch.float16, isa)
+    assert kernel is not None
+    for j in range(19):  # x picks column j: the result is that stored weight, widened
+        assert torch.equal(kernel(x[j].contiguous(), w, None), w[:, j].float())
+
+
+def test_half_weight_products_are_offered_for_half_precision_only() -> None:
+    assert native.half_weight_product_kernel(torch.float32) is None
+    assert native.half_weight_product_kernel(torch.int8) is None
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(("heads", "head_dim"), [(12, 64), (5, 64), (4, 128)])
+@pytest.mark.parametrize("length", [1, 7, 8, 17, 300])
+def test_fp32_attention_matches_exact_attention(isa: str, heads: int, head_dim: int,
+                                                length: int) -> None:
+    g = torch.Generator().manual_seed(heads * length + head_dim)
+    kv = torch.randn(2, length + 3, head_dim, generator=g) * 2  # rows of a buffer
+    k, v = kv[0, :length], kv[1, :length]
+    q = torch.randn(heads, head_dim, generator=g) * 2
+    attend = native.fp32_attention_kernel(head_dim, isa)
+    assert attend is not None
+    got = attend(q, k, v, head_dim**-0.5)
+    exact = (q.double() @ k.double().T * head_dim**-0.5).softmax(-1) @ v.double()
+    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5)
 
 
 def test_a_failing_compiler_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
@@ -179,6 +360,11 @@ def test_attention_is_offered_only_for_the_head_sizes_it_has_layouts_for() -> No
 # -- int8 weights ---------------------------------------------------------------------------
 
 
+needs_int8 = pytest.mark.skipif(native.int8_row_product_kernel(False) is None,
+                                reason="the int8 kernels are AVX-512's")
+
+
+@needs_int8
 @pytest.mark.parametrize(("n", "k"), [(1, 16), (37, 64), (130, 768), (5, 3072), (3, 80)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_int8_product_with_bf16_activations_is_the_dequantised_product(
@@ -217,6 +403,7 @@ def quantize_blocks(x: torch.Tensor, block: int = 64) -> torch.Tensor:
     return (q * (m / 127)).view(-1)
 
 
+@needs_int8
 @pytest.mark.skipif("avx512_vnni" not in native.cpu_flags(), reason="no AVX512-VNNI")
 @pytest.mark.parametrize(("n", "k"), [(1, 64), (37, 128), (130, 768), (5, 3072)])
 @pytest.mark.parametrize("with_bias", [True, False])
@@ -247,6 +434,7 @@ def test_q8_product_is_the_product_with_block_quantised_activations(
     assert ((got.double() - exact).abs() <= bound).all()
 
 
+@needs_int8
 @pytest.mark.skipif("avx512_vnni" not in native.cpu_flags(), reason="no AVX512-VNNI")
 def test_q8_falls_back_to_bf16_activations_where_k_is_not_a_multiple_of_64() -> None:
     q = torch.randint(-127, 128, (3, 80), dtype=torch.int8)

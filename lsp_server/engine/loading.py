@@ -66,10 +66,13 @@ def load_engine(
         report("quantising the weights to int8")
         quantize_int8(model, include_lm_head=True)
     warnings = []
+    # "auto" lets the native path keep an fp32 model's matrices in f16 where the CPU lacks bf16
+    # arithmetic (half the memory traffic); a dtype asked for by name is computed in that dtype.
+    weights = "auto" if choice.dtype == "auto" else "fp32"
     try:
-        decoder = make_decoder(model, choice.decode_path)
+        decoder = make_decoder(model, choice.decode_path, weights=weights)
     except DecodePathUnavailable as why:
-        decoder = make_decoder(model, "auto")
+        decoder = make_decoder(model, "auto", weights=weights)
         warnings.append(f"decodePath {choice.decode_path!r}: {why}; running {decoder.path!r}")
         log.warning("%s", warnings[-1])
     report(f"decode path: {decoder.path}")

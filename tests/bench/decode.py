@@ -22,6 +22,22 @@ transformers runs in the variant's dtype beside each of ours. Run by hand:
 
     .venv/bin/python tests/bench/decode.py [--dtypes fp32,bf16,fp32p,bf16p,bf16i,int8,int8h]
         [--steps 16] [--threads N] [--skip-default] [--device cpu|cuda]
+        [--isa avx512|avx2] [--weights auto|fp32|bf16|f16]
+
+--isa forces the native kernels' instruction set (as $GPTBIGCODE_NATIVE_ISA does; refused
+where the CPU lacks it) and --weights how an fp32 model's matrices are stored for them.
+
+--kernels runs only a side-by-side of decode kernels on tiny_starcoder_py's shape, one fp32
+model, rounds alternating between the variants (A B C A B C ...) so that a shared machine's
+drift falls on all of them alike, ms/token at each --contexts:
+
+    .venv/bin/python tests/bench/decode.py --threads 1 \
+        --kernels torch,avx2:fp32,avx2:bf16,avx2:f16,avx512:fp32,avx512:f16,avx512:bf16model
+
+    torch          the PyTorch decoder on the fp32 model
+    ISA:fp32       the native decoder on ISA with the matrices in fp32
+    ISA:bf16|f16   the same with the matrices stored in bf16 / f16, widened in the kernel
+    ISA:bf16model  the model in bf16 (AVX512-BF16 arithmetic, as dtype "auto" runs it there)
 
 On a GPU the bandwidth is that of the GPU's memory and times are taken after
 torch.cuda.synchronize; int8 and Inductor variants are CPU-only.
@@ -34,6 +50,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import time
@@ -43,9 +60,10 @@ from typing import Any
 import torch
 import transformers
 
-from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, KVCache
+from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, KVCache, native
 from model.checkpoint import CheckpointError
-from model.decoders import DecodePathUnavailable, Decoder, make_decoder
+from model.decoders import DecodePathUnavailable, Decoder, NativeDecoder, make_decoder
+from model.hardware import cpu_name
 from model.quantize import Int8Linear, quantize_int8
 from model.static_decode import GraphDecoder
 
@@ -99,6 +117,18 @@ def weight_bytes(model: torch.nn.Module) -> int:
         # lm_head has its own int8 copy; wte is then only read a row per token.
         wte = model.transformer.wte.weight
         total -= wte.numel() * wte.element_size()
+    return total
+
+
+def decode_bytes(model: GPTBigCodeForCausalLM, decoder: Decoder) -> int:
+    """Bytes of weights a decode step reads: weight_bytes, with the native decoder's
+    half-precision copies in place of the fp32 matrices they stand for."""
+    total = weight_bytes(model)
+    if isinstance(decoder, NativeDecoder):  # each copy: 2 bytes a weight where fp32 had 4
+        copies = [c for block in decoder.copies for c in block.values()]
+        if decoder.lm_head_copy is not None:
+            copies.append(decoder.lm_head_copy)
+        total -= sum(c.numel() * (4 - c.element_size()) for c in copies)
     return total
 
 
@@ -186,14 +216,15 @@ def bench_shape(
     ours = model_in(ours, dtype_name)
     decoder = decoder_for(ours, dtype_name)
     hf = hf_twin(ours) if dtype_name in DTYPES else None
-    floor_ms = weight_bytes(ours) / bandwidth * 1000
+    floor_ms = decode_bytes(ours, decoder) / bandwidth * 1000
     rows = []
     generator = torch.Generator().manual_seed(0)
     for context in (512, 2048):
         context = min(context, ours.config.n_positions - steps - 1)
         ids = torch.randint(0, ours.config.vocab_size, (1, context), generator=generator)
         ids = ids.to(DEVICE)
-        row: dict[str, Any] = {"shape": name, "dtype": dtype_name, "context": context}
+        row: dict[str, Any] = {"shape": name, "dtype": dtype_name, "context": context,
+                               "path": decoder.path, "isa": getattr(decoder, "isa", None)}
         row["prefill_tok_s_ours"] = context / median_ms(ours_prefill(decoder, ids), 2) * 1000
         row["decode_ms_ours"] = ours_decode_ms(decoder, ids, steps)
         row["floor_ms"] = floor_ms
@@ -250,6 +281,80 @@ def print_row(row: dict[str, Any]) -> None:
     )
 
 
+def isa_in_use() -> str:
+    """The native kernels' ISA as select_isa picks it here, or why there is none."""
+    try:
+        return native.select_isa()
+    except native.IsaUnavailable as exc:
+        return f"none ({exc})"
+
+
+def kernel_decoder(spec: str, fp32: GPTBigCodeForCausalLM, bf16: GPTBigCodeForCausalLM
+                   ) -> Decoder:
+    """The decoder a --kernels entry names (see the module's docstring)."""
+    if spec == "torch":
+        return make_decoder(fp32, "torch")
+    isa, _, weights = spec.partition(":")
+    native.select_isa(isa)  # refuses an ISA this CPU lacks, saying which flags are missing
+    if weights == "bf16model":
+        decoder = NativeDecoder(bf16, isa)
+        expected = "bf16"
+    else:
+        decoder = NativeDecoder(fp32, isa, weights)
+        expected = {"fp32": "fp32", "bf16": "bf16w", "f16": "f16w"}[weights]
+    if decoder.kind != expected or decoder.fused is None:
+        raise SystemExit(f"--kernels {spec}: runs {decoder.path}, not fused native-{expected}")
+    return decoder
+
+
+def compare_kernels(specs: list[str], contexts: list[int], steps: int, rounds: int
+                    ) -> list[dict[str, Any]]:
+    """ms/token of each decoder in `specs` at each context: one prefill per context (torch,
+    fp32), each decoder stepping from a copy of that cache, rounds alternating."""
+    torch.manual_seed(0)
+    fp32 = GPTBigCodeForCausalLM(GPTBigCodeConfig(**TINY_STARCODER)).eval()
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16) if any(
+        s.endswith("bf16model") for s in specs) else fp32
+    decoders = {spec: kernel_decoder(spec, fp32, bf16) for spec in specs}
+    print(f"cpu {cpu_name()}; threads {torch.get_num_threads()}; steps {steps}; "
+          f"rounds {rounds}")
+    print(f"{'kernels':<18}{'path':<14}" + "".join(f"{f'ctx {c}':>12}" for c in contexts))
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    times: dict[tuple[str, int], list[float]] = {}
+    for context in contexts:
+        ids = torch.randint(0, fp32.config.vocab_size, (1, context), generator=generator)
+        prompt = KVCache(fp32.config, 1, context + steps + 1)
+        make_decoder(fp32, "torch").prefill(ids, prompt, 1)
+        caches = {}
+        for spec, decoder in decoders.items():
+            dtype = decoder.model.dtype
+            cache = KVCache(fp32.config, 1, context + steps + 1, dtype=dtype)
+            cache.buffer.copy_(prompt.buffer)
+            cache.length = context
+            caches[spec] = cache
+        for _ in range(rounds):
+            for spec, decoder in decoders.items():
+                cache = caches[spec]
+                cache.truncate(context)
+                decoder.start(cache)
+                token = int(ids[0, -1])
+                start = time.perf_counter()
+                for _ in range(steps):
+                    token = int(decoder.step(token).argmax())
+                times.setdefault((spec, context), []).append(
+                    (time.perf_counter() - start) / steps * 1000)
+    for spec, decoder in decoders.items():
+        row: dict[str, Any] = {"kernels": spec, "path": decoder.path,
+                               "isa": getattr(decoder, "isa", None)}
+        for context in contexts:
+            row[f"ms_per_token_{context}"] = statistics.median(times[(spec, context)])
+        rows.append(row)
+        print(f"{spec:<18}{decoder.path:<14}" + "".join(
+            f"{row[f'ms_per_token_{c}']:>9.1f} ms" for c in contexts), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtypes", default="fp32,bf16,fp32p,bf16p,int8h",
@@ -258,7 +363,37 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-default", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--isa", default=None, help="force the native kernels' ISA: "
+                        f"{' or '.join(native.ISA_FLAGS)} (refused where the CPU lacks it)")
+    parser.add_argument("--weights", default=None, choices=["auto", *native.WEIGHT_FORMATS],
+                        help="how the native kernels store an fp32 model's matrices")
+    parser.add_argument("--kernels", default=None,
+                        help="only compare decode kernels (see the docstring), e.g. "
+                        "torch,avx2:fp32,avx2:f16,avx512:fp32")
+    parser.add_argument("--contexts", default="512,2048", help="for --kernels")
+    parser.add_argument("--rounds", type=int, default=5, help="for --kernels")
     args = parser.parse_args()
+    if args.isa:
+        try:
+            native.select_isa(args.isa)
+        except native.IsaUnavailable as exc:
+            parser.error(str(exc))
+        os.environ[native.ISA_ENV] = args.isa
+    if args.weights:
+        os.environ[native.WEIGHTS_ENV] = args.weights
+    if args.kernels:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        with torch.inference_mode():
+            rows = compare_kernels(args.kernels.split(","),
+                                   [int(c) for c in args.contexts.split(",")],
+                                   args.steps, args.rounds)
+        print(json.dumps({"bench": "decode-kernels", "cpu": cpu_name(),
+                          "cpu_flags": sorted(native.cpu_flags() & {
+                              "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni"}),
+                          "threads": torch.get_num_threads(), "steps": args.steps,
+                          "rounds": args.rounds, "rows": rows}))
+        return
     unknown = set(args.dtypes.split(",")) - {*DTYPES, *INT8_DTYPES}
     if unknown:
         parser.error(f"unknown dtypes {sorted(unknown)}; "
@@ -283,7 +418,7 @@ def main() -> None:
             print(f"default model skipped: {exc}")
     bandwidth = measure_bandwidth()
     print(f"device {DEVICE}; memory bandwidth (read): {bandwidth / 1e9:.1f} GB/s; "
-          f"threads {torch.get_num_threads()}")
+          f"threads {torch.get_num_threads()}; cpu {cpu_name()}; native ISA {isa_in_use()}")
     print(HEADER)
     rows = []
     with torch.inference_mode():
@@ -295,6 +430,8 @@ def main() -> None:
         "bench": "decode",
         "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
         "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
+        "native_isa": isa_in_use(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "bandwidth_gb_s": bandwidth / 1e9,

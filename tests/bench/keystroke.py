@@ -3,11 +3,13 @@ a 2,048-token Python file, through the prefix cache vs. a full recompute, and on
 all in the same run, on bigcode/tiny_starcoder_py's shape with random weights.
 
     .venv/bin/python tests/bench/keystroke.py [--dtype fp32|bf16|fp32p|bf16p|int8|int8h]
-        [--keystrokes N] [--threads N]
+        [--keystrokes N] [--threads N] [--isa avx512|avx2] [--weights auto|fp32|bf16|f16]
 
 fp32 and bf16 run as the server runs them, on the decode path make_decoder chooses (the native
 kernels of model.native where the CPU has them); fp32p and bf16p run the PyTorch path; int8 is
-bf16 activations with int8 weights in the blocks; int8h quantises lm_head too.
+bf16 activations with int8 weights in the blocks; int8h quantises lm_head too. --isa forces
+the native kernels' instruction set ($GPTBIGCODE_NATIVE_ISA; refused where the CPU lacks it),
+--weights how they store an fp32 model's matrices ($GPTBIGCODE_NATIVE_WEIGHTS).
 
 Prints a table per keystroke, a summary, and one JSON line last. Logs go to stderr.
 """
@@ -30,8 +32,9 @@ from typing import Any
 import torch
 
 from cache import ContextBudget, PrefixStore, PromptBuilder, layout_ids
-from model import GPTBigCodeConfig, GPTBigCodeForCausalLM
+from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, native
 from model.decoders import Decoder, make_decoder
+from model.hardware import cpu_name
 from model.quantize import quantize_int8
 from model.tokenizer import Tokenizer
 
@@ -187,16 +190,10 @@ def summary(rows: list[Keystroke], field: str) -> dict[str, float]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "cpu_flags": sorted(native.cpu_flags() & {"avx2", "fma", "f16c", "avx512f",
+                                                  "avx512_bf16", "avx512_vnni", "amx_bf16"}),
         "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
         "python": platform.python_version(),
     }
@@ -210,9 +207,21 @@ def main() -> None:
     parser.add_argument(
         "--full-every", type=int, default=1, help="time the full recompute every Nth keystroke"
     )
+    parser.add_argument("--isa", default=None, help="force the native kernels' ISA: "
+                        f"{' or '.join(native.ISA_FLAGS)} (refused where the CPU lacks it)")
+    parser.add_argument("--weights", default=None, choices=["auto", *native.WEIGHT_FORMATS],
+                        help="how the native kernels store an fp32 model's matrices")
     args = parser.parse_args()
     if args.keystrokes < 2 or args.full_every < 1:
         parser.error("--keystrokes must be at least 2 and --full-every at least 1")
+    if args.isa:
+        try:
+            native.select_isa(args.isa)
+        except native.IsaUnavailable as exc:
+            parser.error(str(exc))
+        os.environ[native.ISA_ENV] = args.isa
+    if args.weights:
+        os.environ[native.WEIGHTS_ENV] = args.weights
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -228,8 +237,10 @@ def main() -> None:
     decoder = make_decoder(lm, "torch" if args.dtype in ("fp32p", "bf16p") else "auto")
     cache = PrefixStore()
     builder = PromptBuilder(tok, ContextBudget(tokens=CONTEXT_TOKENS + 256))
-    log.info("file: %d tokens, %d characters; cursor at %d; decode path %s",
-             len(tok.encode(text)), len(text), cursor, decoder.path)
+    isa = getattr(decoder, "isa", None)
+    log.info("file: %d tokens, %d characters; cursor at %d; decode path %s (%s); cpu %s",
+             len(tok.encode(text)), len(text), cursor, decoder.path, isa or "no native ISA",
+             cpu_name())
 
     # Warm up both paths (allocator, kernels) on the unedited file.
     for _ in range(2):
@@ -264,7 +275,7 @@ def main() -> None:
         "targets_met": full_over_cached >= 30 and cached_over_decode <= 2,
         "full_timed": sum(r.full_ms is not None for r in rows),
         "same_first_token": sum(bool(r.same_token) for r in rows),
-        "decode_path": decoder.path,
+        "decode_path": decoder.path, "native_isa": isa,
         "cache": {**asdict(cache.stats.snapshot()), "window_moves": builder.window_moves},
         "machine": machine(),
     }
