@@ -39,8 +39,7 @@ class DocumentScanner:
 
     The backbone is causal, so after an edit a window's tokens before the first changed one
     keep their probabilities: only the rest is run again. Windows after an edit that shifts
-    tokens start from scratch (their ids moved); with a model of 8k positions a typical file
-    is one window.
+    tokens start from scratch (their ids moved). Windows overlap by half (model.heads.windows).
     """
 
     def __init__(self, model: DiagnosticsModel, max_documents: int = 64) -> None:
@@ -59,7 +58,7 @@ class DocumentScanner:
         old = self.entries.pop(uri, [])
         states: list[WindowState] = []
         reused = computed = 0
-        for k, window in enumerate(windows(len(ids), self.model.config.n_positions)):
+        for k, window in enumerate(windows(len(ids), self.model.tag_window)):
             if k and cancelled():
                 self.keep(uri, states)
                 return None
@@ -68,10 +67,11 @@ class DocumentScanner:
                                                 previous)
             states.append(state)
             reused += min(max(0, kept - (window.owned_from - window.start)),
-                          window.end - window.owned_from)
+                          window.owned_to - window.owned_from)
             computed += len(state.ids) - kept
         self.keep(uri, states)
-        probs = [s.probs[s.window.owned_from - s.window.start :] for s in states]
+        probs = [s.probs[s.window.owned_from - s.window.start : s.window.owned_to - s.window.start]
+                 for s in states]
         joined = torch.cat(probs) if probs else torch.zeros(0, len(self.model.labels))
         return Scan(joined, reused, computed)
 

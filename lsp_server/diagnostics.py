@@ -1,6 +1,6 @@
 """Diagnostics in LSP form: findings as diagnostics (label and score, never the flagged text)
-and the quick fix that moves a hard-coded secret into an environment variable lookup, checked
-against the text it is applied to."""
+and the quick fix that moves a hard-coded secret into an environment variable lookup, offered
+only for a string value used as a credential and checked against the text it is applied to."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from lsprotocol import types
 
 from .documents import Document, PositionEncoding
 from .engine.diagnose import Finding
-from .engine.findings_policy import BUG, SECRET_TYPES
+from .engine.findings_policy import BUG, SECRET_TYPES, never_a_credential
 
 SOURCE = "gptbigcode"
 MESSAGES = {
@@ -110,8 +110,8 @@ def env_replacements(text: str, start: int, end: int, name: str, language_id: st
     if language_id == "python":
         return python_replacements(text, start, end, name, literal)
     if language_id in JS_LANGUAGES:
-        if literal is None:
-            return None
+        if literal is None or re.match(r"\s*:", text[literal[1] + 1 :]):
+            return None  # not in a literal, or the literal is an object's key
         open_at, close_at = literal
         if (open_at, close_at) == (start - 1, end):
             return [Replacement(open_at, close_at + 1, f"process.env.{name}")]
@@ -129,6 +129,15 @@ def env_replacements(text: str, start: int, end: int, name: str, language_id: st
     return None
 
 
+_COMMENT_STARTS = ("#", "//", "/*", "*")
+
+
+def in_comment(text: str, offset: int) -> bool:
+    """Whether the line holding offset is a comment line (in any of the usual syntaxes)."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    return text[line_start:offset].lstrip().startswith(_COMMENT_STARTS)
+
+
 def enclosing_literal(text: str, start: int, end: int) -> tuple[int, int] | None:
     """Offsets of the quotes of a one-line string literal holding [start, end), if any."""
     line_start = text.rfind("\n", 0, start) + 1
@@ -144,7 +153,7 @@ def enclosing_literal(text: str, start: int, end: int) -> tuple[int, int] | None
 
 def python_replacements(text: str, start: int, end: int, name: str,
                         literal: tuple[int, int] | None) -> list[Replacement] | None:
-    if literal is None or text[literal[0]] == "`":
+    if literal is None or text[literal[0]] == "`" or not python_value(text, start, end):
         return None
     open_at, close_at = literal
     lookup = f'os.environ["{name}"]'
@@ -170,6 +179,45 @@ def python_replacements(text: str, start: int, end: int, name: str,
     if not re.search(r"^\s*import\s+os\b|^\s*import\s+[\w, ]*\bos\b", text, re.MULTILINE):
         edits.insert(0, Replacement(import_offset(text), import_offset(text), "import os\n"))
     return edits
+
+
+# Where a string literal is a value the program uses: assigned, passed, a dict's value.
+_VALUE_PARENTS = (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr, ast.keyword)
+
+
+def python_value(text: str, start: int, end: int) -> bool:
+    """Whether [start, end) lies in a one-line str literal that is assigned, passed as an
+    argument or a dict's value (directly, in an f-string, or in a tuple or list that is one):
+    not a docstring, a comment, a dict key, a comparison. False while the file does not parse."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError):
+        return False
+    line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and node.end_lineno == node.lineno and node.end_col_offset is not None):
+            continue
+        line = text[line_starts[node.lineno - 1] :].split("\n", 1)[0].encode("utf-8")
+        first = line_starts[node.lineno - 1] + len(line[: node.col_offset].decode("utf-8"))
+        last = line_starts[node.lineno - 1] + len(line[: node.end_col_offset].decode("utf-8"))
+        if first <= start and end <= last:
+            return used_as_value(node, parents)
+    return False
+
+
+def used_as_value(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    value, parent = node, parents.get(node)
+    while isinstance(parent, ast.JoinedStr | ast.FormattedValue | ast.Tuple | ast.List):
+        value, parent = parent, parents.get(parent)
+    if isinstance(parent, _VALUE_PARENTS):
+        return getattr(parent, "value", None) is value
+    if isinstance(parent, ast.Call):
+        return any(arg is value for arg in parent.args)
+    if isinstance(parent, ast.Dict):
+        return any(v is value for v in parent.values)
+    return False
 
 
 def import_offset(text: str) -> int:
@@ -245,6 +293,8 @@ def secret_action(document: Document, diagnostic: types.Diagnostic, encoding: Po
         return None  # computed on another text: the line was edited since
     literal = enclosing_literal(text, start, end)
     start, end = secret_span(text, start, end, literal)
+    if never_a_credential(text, start, end, str(label)) is not None or in_comment(text, start):
+        return None  # a name, a version, a URL, a digest; or prose
     name = variable_name(text, start, str(label))
     edits = env_replacements(text, start, end, name, document.language_id)
     if not edits:

@@ -19,6 +19,10 @@ from .tokenizer import Tokenizer
 
 DIAGNOSTICS_DIR = checkpoint.DEFAULT_MODEL_DIR / "diagnostics"
 BUG_LABELS = ("looks_right", "looks_wrong")
+# The tagger's window when config.json records none: the length of the documents the packaged
+# heads were trained on (model/train/heads.py --max-doc-tokens). Positions past it were never
+# trained, and a scan over them flags ordinary text.
+DEFAULT_TAG_WINDOW = 512
 
 
 class HeadsError(ValueError):
@@ -34,6 +38,8 @@ class HeadSettings:
     # A token appended to every function before scoring (the bug head reads its hidden state,
     # the same summary position whatever the function ends with); None: nothing appended.
     bug_end_token: int | None = None
+    # Tokens the tagger reads at once: the longest training document (None: DEFAULT_TAG_WINDOW).
+    tag_window: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,6 +104,7 @@ class DiagnosticsModel(nn.Module):
         config.extra["diagnostics"] = {
             "bug_labels": list(self.settings.bug_labels),
             "bug_end_token": self.settings.bug_end_token,
+            "tag_window": self.settings.tag_window,
             "thresholds": self.settings.thresholds,
             "training": self.settings.training,
         }
@@ -120,6 +127,12 @@ class DiagnosticsModel(nn.Module):
     def labels(self) -> list[str]:
         assert self.config.id2label is not None
         return [self.config.id2label[i] for i in range(len(self.config.id2label))]
+
+    @property
+    def tag_window(self) -> int:
+        """Tokens per tagging window: the training documents' length, within n_positions."""
+        window = self.settings.tag_window or DEFAULT_TAG_WINDOW
+        return min(window, self.config.n_positions)
 
     @property
     def device(self) -> torch.device:
@@ -182,8 +195,12 @@ def read_settings(folder: Path) -> HeadSettings:
     end = entry.get("bug_end_token")
     if end is not None and not isinstance(end, int):
         raise HeadsError(f"{folder}: diagnostics.bug_end_token must be a token id or null")
+    window = entry.get("tag_window")
+    if window is not None and not (isinstance(window, int) and window >= MIN_TAG_WINDOW):
+        raise HeadsError(f"{folder}: diagnostics.tag_window must be a token count of at least "
+                         f"{MIN_TAG_WINDOW}, or null")
     return HeadSettings(tuple(labels), {str(k): float(v) for k, v in thresholds.items()},
-                        end, dict(entry.get("training", {})))
+                        end, window, dict(entry.get("training", {})))
 
 
 def load_tokenizer(folder: str | Path = DIAGNOSTICS_DIR) -> Tokenizer:
@@ -192,32 +209,38 @@ def load_tokenizer(folder: str | Path = DIAGNOSTICS_DIR) -> Tokenizer:
 
 # -- whole-document tagging ------------------------------------------------------------------
 
-WINDOW_OVERLAP = 128  # tokens of left context a window repeats from the one before (at most)
+MIN_TAG_WINDOW = 8
 
 
 @dataclass(frozen=True)
 class Window:
-    """Tokens [start, end) run together; tags of [owned_from, end) are taken from this run."""
+    """Tokens [start, end) run together; tags of [owned_from, owned_to) are taken from this run."""
 
     start: int
     end: int
     owned_from: int
+    owned_to: int
 
 
-def windows(n_tokens: int, size: int, overlap: int | None = None) -> list[Window]:
-    """Cover n_tokens with runs of at most `size` tokens; each run after the first repeats the
-    `overlap` tokens before it (default: WINDOW_OVERLAP, at most a quarter of size), so no token
-    is tagged without left context."""
-    if overlap is None:
-        overlap = min(WINDOW_OVERLAP, size // 4)
-    if size <= overlap:
-        raise ValueError(f"window size {size} must exceed the overlap {overlap}")
-    plan = [Window(0, min(n_tokens, size), 0)]
-    while plan[-1].end < n_tokens:
-        owned = plan[-1].end
-        start = owned - overlap
-        plan.append(Window(start, min(n_tokens, start + size), owned))
-    return plan
+def windows(n_tokens: int, size: int) -> list[Window]:
+    """Cover n_tokens with runs of at most `size` tokens, one starting every half window. Each
+    token's tags come from the run where it sits nearest the middle, at positions [size/4,
+    3*size/4) (the first run's from 0, the last run's to the end): so every token has at least
+    a quarter window of left context and none is judged at a window's far end, at positions the
+    tagger met least in training."""
+    if size < MIN_TAG_WINDOW:
+        raise ValueError(f"window size {size} is below the minimum {MIN_TAG_WINDOW}")
+    quarter = size // 4
+    stride = size - 2 * quarter  # owned ranges of neighbours meet exactly
+    plan: list[Window] = []
+    start = 0
+    while True:
+        last = n_tokens <= start + size - quarter
+        plan.append(Window(start, min(n_tokens, start + size), 0 if start == 0 else start + quarter,
+                           n_tokens if last else start + size - quarter))
+        if last:
+            return plan
+        start += stride
 
 
 @torch.inference_mode()
@@ -226,10 +249,10 @@ def tag_probabilities(model: DiagnosticsModel, ids: list[int]) -> torch.Tensor:
     if not ids:
         return torch.zeros(0, len(model.labels))
     rows = []
-    for w in windows(len(ids), model.config.n_positions):
+    for w in windows(len(ids), model.tag_window):
         run = torch.tensor([ids[w.start : w.end]], device=model.device)  # (1, W)
-        logits = model.tag_logits(model.hidden(run)[0, w.owned_from - w.start :])
-        rows.append(logits.float().softmax(-1))
+        hidden = model.hidden(run)[0, w.owned_from - w.start : w.owned_to - w.start]
+        rows.append(model.tag_logits(hidden).float().softmax(-1))
     return torch.cat(rows)  # (T, num_labels)
 
 

@@ -1,9 +1,11 @@
 """BIO tags over tokens (StarPII's label scheme): training targets from character spans, and
-the tagger's per-token probabilities decoded back into the values they mark."""
+the tagger's per-token probabilities decoded back into the values they mark, less the values
+that are never live credentials."""
 
 from __future__ import annotations
 
 import ipaddress
+import keyword
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
@@ -28,7 +30,12 @@ _TYPE_STOPS = {
     "IP_ADDRESS": frozenset("/@="),
 }
 _LEADING_TRIM = frozenset("=:@/")
+_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _MIN_CHARS = {"KEY": 8, "PASSWORD": 3, "USERNAME": 2, "EMAIL": 6, "IP_ADDRESS": 3}
+SECRET_TYPES = frozenset({"KEY", "PASSWORD", "USERNAME"})
+# Lines away from a KEY or PASSWORD within which a USERNAME is reported: a user name is only a
+# secret beside a credential (StarPII's labelling; the training data's too).
+USERNAME_REACH = 2
 
 
 def bio_labels(types: Sequence[str] = ENTITY_TYPES) -> list[str]:
@@ -99,7 +106,7 @@ def decode_entities(
     grouped, kinds = type_probabilities(probs.float(), labels)
     candidates = join_fragments(text, candidate_spans(text, offsets, grouped, kinds))
     starts = [a for a, _ in offsets]
-    entities: list[Entity] = []
+    scored: list[Entity] = []
     for start, end, label in candidates:
         if label == "IP_ADDRESS" and not public_address(text[start:end]):
             continue
@@ -109,14 +116,152 @@ def decode_entities(
         score = float(grouped[covered, kinds.index(label) + 1].mean()) if covered else 0.0
         limit = (thresholds if isinstance(thresholds, int | float)
                  else thresholds.get(label, 0.5))
-        if score < limit:
-            continue
-        if entities and entities[-1].end > start:  # two types claim the same characters
-            if entities[-1].score >= score:
+        if score >= limit:
+            scored.append(Entity(start, end, label, score))
+    entities: list[Entity] = []
+    for e in whole_key_blocks(text, credible(text, scored)):
+        if entities and entities[-1].end > e.start:  # two types claim the same characters
+            if entities[-1].score >= e.score:
                 continue
             entities.pop()
-        entities.append(Entity(start, end, label, score))
+        entities.append(e)
     return entities
+
+
+_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?-----END [A-Z0-9 ]*PRIVATE KEY-----",
+                  re.DOTALL)
+
+
+def whole_key_blocks(text: str, entities: list[Entity]) -> list[Entity]:
+    """KEY values inside a private key block made one value, the whole block (as the tagger was
+    taught to mark it), scored by the best of them; sorted by start."""
+    if "PRIVATE KEY-----" not in text:
+        return entities
+    out = list(entities)
+    for block in _PEM.finditer(text):
+        inside = [e for e in out if e.label == "KEY" and block.start() <= e.start < block.end()]
+        if inside:
+            out = [e for e in out if e not in inside]
+            out.append(Entity(block.start(), block.end(), "KEY", max(e.score for e in inside)))
+    return sorted(out, key=lambda e: (e.start, e.end))
+
+
+def credible(text: str, entities: list[Entity]) -> list[Entity]:
+    """`entities` less the secrets that are never live credentials (never_a_credential), the
+    published contacts of package metadata, and the user names with no credential beside them
+    (none found within USERNAME_REACH lines, nothing on their line that asks for one)."""
+    kept = [e for e in entities
+            if not (e.label in SECRET_TYPES and never_a_credential(text, e.start, e.end, e.label)
+                    or e.label == "EMAIL" and published_contact(text, e.start))]
+    credentials = [text.count("\n", 0, e.start) for e in kept if e.label in ("KEY", "PASSWORD")]
+    return [e for e in kept if e.label != "USERNAME" or _PASSWORD_CUE.search(line_of(text, e.start))
+            or any(abs(text.count("\n", 0, e.start) - line) <= USERNAME_REACH
+                   for line in credentials)]
+
+
+def line_of(text: str, offset: int) -> str:
+    end = text.find("\n", offset)
+    return text[text.rfind("\n", 0, offset) + 1 : len(text) if end < 0 else end]
+
+
+# -- values that are never credentials --------------------------------------------------------
+
+_VERSION = re.compile(r"v?\d+(?:\.\d+)+(?:[-.+]?[A-Za-z0-9]+)*")
+_HEX = re.compile(r"(?:sha\d*[:-]|md5[:-])?[0-9a-fA-F]{32,}")
+_HASH_CONTEXT = re.compile(r"(?i)hash|sha\d|md5|checksum|digest|integrity|commit|\brev\b|"
+                           r"revision|etag|fingerprint|blake|crc")
+_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
+_NAME_PART = re.compile(r"[A-Za-z]+[0-9]{0,3}|[0-9]{1,4}")
+_CONSONANTS = re.compile(r"(?i)[bcdfghjklmnpqrstvwxz]{5}")
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_.\-/ ]+")
+LONGEST_WORD = 20
+_NOT_SECRETS = frozenset({"self", "cls", "none", "true", "false", "null", "undefined", "nil"})
+_URL_USERINFO = re.compile(r"://[^/@\s]*@")
+# What a password stands beside on its line (or the one before): a name or flag that asks for
+# one, or a URL's user name.
+_PASSWORD_CUE = re.compile(r"(?i)pass|pwd|\bpw\b|secret|auth|login|cred|token|key|sign|\s-[pu]\b|"
+                           r"://[^/@\s:]*:")
+
+
+def word_shaped(value: str) -> bool:
+    """Whether a value reads as a name or words, not random characters: identifiers, header and
+    constant names, dotted and slashed paths (`X-Xet-Access-Token`, `nn.Module`, `FUNC_COT`,
+    `docs/api/auth.html`). Each part between separators is letters with at most a short number
+    after them (`sha256`, `http2`); split at case changes, the letters are mostly words of three
+    or more letters, none longer than a word, none a run of five consonants."""
+    if not _NAME_CHARS.fullmatch(value):
+        return False
+    parts = [p for p in re.split(r"[_.\-/ ]+", value) if p]
+    if not parts or not all(_NAME_PART.fullmatch(p) for p in parts):
+        return False
+    words = [w for p in parts for w in _WORD.findall(p)]
+    if not words or any(len(w) > LONGEST_WORD or _CONSONANTS.search(w) for w in words):
+        return False
+    return sum(1 for w in words if len(w) <= 2) <= max(1, len(words) // 4)
+
+
+# A package's published authors and maintainers: core metadata headers (PKG-INFO, METADATA)
+# and pyproject.toml's {name = ..., email = ...} tables.
+_PUBLISHED_CONTACT = re.compile(r"(?:Author|Maintainer)-email:|\{\s*name\s*=\s*\"[^\"\n]*\"\s*,"
+                                r"\s*email\s*=")
+
+
+def published_contact(text: str, offset: int) -> bool:
+    """Whether the address at offset is a package's published contact (its metadata's author or
+    maintainer): put there to be read, not personal data leaked into the code."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    return _PUBLISHED_CONTACT.match(text, line_start) is not None or bool(
+        _PUBLISHED_CONTACT.search(text[line_start:offset]))
+
+
+def in_public_block(text: str, offset: int) -> bool:
+    """Whether offset lies in a PEM block that holds no secret (a certificate, a public key)."""
+    begin = text.rfind("-----BEGIN ", 0, offset + 11)
+    if begin < 0 or text.rfind("-----END ", begin, offset) >= 0:
+        return False
+    kind = text[begin + 11 : text.find("-----", begin + 11)]
+    return "PRIVATE" not in kind and "-----" in text[begin + 11 : begin + 80]
+
+
+def surrounding_word(text: str, start: int, end: int) -> str:
+    """The characters around [start, end) up to whitespace, quotes and brackets."""
+    stops = _STOPS - {":", ";", ","}
+    while start > 0 and text[start - 1] not in stops:
+        start -= 1
+    while end < len(text) and text[end] not in stops:
+        end += 1
+    return text[start:end]
+
+
+def never_a_credential(text: str, start: int, end: int, label: str) -> str | None:
+    """Why the value at [start, end), flagged as a secret of type `label`, is never a live
+    credential (None when it may be one): a keyword; a version string; a URL without
+    credentials in it (or, for a password or user name, a piece of one); a password with
+    nothing on its line or the one before that asks for one (prose); a hex digest beside a
+    hash's name; a KEY in a certificate or public key block, or one that reads as a name."""
+    value = text[start:end]
+    line_start = text.rfind("\n", 0, start) + 1
+    line = line_of(text, start)
+    if keyword.iskeyword(value) or value.lower() in _NOT_SECRETS:
+        return "keyword"
+    if _VERSION.fullmatch(value):
+        return "version"
+    if ("://" in value or value.startswith(("www.", "//"))) and "@" not in value:
+        return "url"
+    word = surrounding_word(text, start, end)
+    if label != "KEY" and "://" in word and not _URL_USERINFO.search(word):
+        return "url"  # a password or user name only sits in a URL before its "@"
+    if label == "PASSWORD":
+        before = text[text.rfind("\n", 0, max(0, line_start - 1)) + 1 : start]
+        if not _PASSWORD_CUE.search(before):
+            return "no cue"
+    if _HEX.fullmatch(value) and _HASH_CONTEXT.search(line):
+        return "digest"
+    if label == "KEY" and in_public_block(text, start):
+        return "public"
+    if label == "KEY" and word_shaped(value):
+        return "name"
+    return None
 
 
 def candidate_spans(text: str, offsets: Offsets, grouped: torch.Tensor, kinds: list[str]
@@ -193,8 +338,8 @@ def value_span(
         end += 1
     if end - start < _MIN_CHARS.get(label, 1):
         return None
-    if label == "EMAIL" and "@" not in text[start:end]:
-        return None
+    if label == "EMAIL" and not _ADDRESS.fullmatch(text[start:end]):
+        return None  # no domain: a handle (@name) or a fragment
     return start, end
 
 
@@ -208,6 +353,8 @@ def public_address(value: str) -> bool:
         host = host[1 : host.index("]")]
     elif host.count(":") == 1:  # 203.0.113.7:8080
         host = host.split(":", 1)[0]
+    if "%" in host:  # a zone: only meaningful for a link-local address
+        return False
     try:
         return ipaddress.ip_address(host).is_global
     except ValueError:

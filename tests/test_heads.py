@@ -17,7 +17,7 @@ from cache.prefix import longest_common_prefix
 from cache.scanner import DocumentScanner
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, Tokenizer, checkpoint
 from model.heads import (
-    WINDOW_OVERLAP,
+    DEFAULT_TAG_WINDOW,
     DiagnosticsModel,
     HeadsError,
     find_entities,
@@ -30,7 +30,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 LABELS = bio_labels()
 VOCAB = 300
-# 64 positions: windows overlap by 16 tokens (a quarter), so a few hundred tokens make several.
+# 64 positions (so 64-token tagging windows, a new one every 32 tokens): a few hundred tokens
+# make several.
 POSITIONS = 64
 
 
@@ -113,11 +114,11 @@ def decode(tokens: Sequence[str], tags: Sequence[Tag],
 
 
 def test_run_of_tagged_tokens_is_one_span_scored_by_its_mean() -> None:
-    tokens = ["x", " = ", "abcd", "efgh", "ijkl", ";"]
+    tokens = ["x", " = ", "ab1d", "eF2h", "iJ3l", ";"]
     tags: list[Tag] = ["O", "O", ("B-KEY", 0.6), ("I-KEY", 0.8), ("I-KEY", 1.0), "O"]
     text, offsets = pieces(tokens)
     found = decode_entities(text, offsets, tagged(tags), LABELS)
-    start = text.index("abcd")
+    start = text.index("ab1d")
     assert found == [Entity(start, start + 12, "KEY", found[0].score)]
     assert found[0].score == pytest.approx(0.8)
 
@@ -129,7 +130,7 @@ def test_b_and_i_of_one_type_together_outvote_o() -> None:
     probs[1:3, LABELS.index("O")] = 0.4
     probs[1:3, LABELS.index("B-KEY")] = 0.3
     probs[1:3, LABELS.index("I-KEY")] = 0.3
-    text, offsets = pieces(["k=", "abcd", "efgh", ";"])
+    text, offsets = pieces(["k=", "ab1d", "eF2h", ";"])
     assert [(e.start, e.end) for e in decode_entities(text, offsets, probs, LABELS)] == [(2, 10)]
 
 
@@ -150,8 +151,9 @@ def test_email_extends_back_across_at_sign_and_key_does_not() -> None:
     # The value's score is the mean over all its tokens: 2 of 5 tagged (0.9) here.
     assert decode(tokens, tags, 0.35) == [("jane.doe@example.com", "EMAIL")]
     assert decode(tokens, tags, 0.37) == []
+    key_tokens = [*tokens[:6], "x9Kq2", "Zr7pL", '"']
     key_tags = ["O"] * 6 + ["B-KEY", "I-KEY", "O"]
-    assert decode(tokens, key_tags, 0.5) == [("example.com", "KEY")]
+    assert decode(key_tokens, key_tags, 0.5) == [("x9Kq2Zr7pL", "KEY")]
 
 
 def test_password_in_url_stops_at_colon_and_at_sign() -> None:
@@ -185,17 +187,18 @@ def test_integer_threshold_applies_to_all_types() -> None:
 
 def test_entities_come_sorted_and_disjoint() -> None:
     # USERNAME stops at "@" and EMAIL extends back across it: the later run would start first.
-    tokens = [' "', "jane", ".doe", "@", "exa", "mple", ".com", '"']
+    # (A password follows: a user name is only reported beside a credential.)
+    tokens = [' "', "jane", ".doe", "@", "exa", "mple", ".com", '"', " pw=", "Xy7kq2!"]
     text, offsets = pieces(tokens)
-    tags = ["O", "O", "O", "O", "B-USERNAME", "B-EMAIL", "I-EMAIL", "O"]
+    tags = ["O", "O", "O", "O", "B-USERNAME", "B-EMAIL", "I-EMAIL", "O", "O", "B-PASSWORD"]
     found = decode_entities(text, offsets, tagged(tags), LABELS, 0.2)
-    assert found, "at least the email is found"
+    assert len(found) >= 2, "the user name or email, and the password"
     assert [e.start for e in found] == sorted(e.start for e in found)
     for before, after in zip(found, found[1:], strict=False):
         assert before.end <= after.start, (before, after)
 
 
-@pytest.mark.parametrize(("value", "kept"), [("ab", False), ("abcdefg", False), ("abcdefgh", True)])
+@pytest.mark.parametrize(("value", "kept"), [("a1", False), ("a1b2c3d", False), ("a1b2c3d4", True)])
 def test_key_shorter_than_minimum_is_dropped(value: str, kept: bool) -> None:
     tokens = ["k", ' = "', value, '"']
     assert decode(tokens, ["O", "O", "B-KEY", "O"]) == ([(value, "KEY")] if kept else [])
@@ -218,40 +221,68 @@ def test_probabilities_of_wrong_shape_are_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    ("n_tokens", "size", "overlap"),
-    [(0, 10, 4), (5, 10, 4), (10, 10, 4), (11, 10, 4), (100, 10, 4), (37, 10, 9),
-     (1000, 160, WINDOW_OVERLAP), (8192, 8192, WINDOW_OVERLAP)],
+    ("n_tokens", "size"),
+    [(0, 8), (5, 8), (6, 8), (7, 8), (8, 8), (9, 8), (100, 8), (37, 10), (1000, 160),
+     (5000, 512), (511, 512), (8192, 8192)],
 )
-def test_windows_own_every_token_once_with_left_context(
-    n_tokens: int, size: int, overlap: int
-) -> None:
-    plan = windows(n_tokens, size, overlap)
+def test_windows_own_every_token_once_away_from_the_window_edges(n_tokens: int, size: int
+                                                                  ) -> None:
+    plan = windows(n_tokens, size)
+    quarter = size // 4
     assert plan[0].start == plan[0].owned_from == 0
-    assert plan[-1].end == n_tokens
+    assert plan[-1].end == plan[-1].owned_to == n_tokens
     for before, after in zip(plan, plan[1:], strict=False):
-        assert after.owned_from == before.end  # owned parts tile [0, n_tokens)
-        assert after.start == after.owned_from - overlap
-        assert before.end - before.start == size  # only the last window is short
+        assert after.owned_from == before.owned_to  # owned parts tile [0, n_tokens)
+        assert after.start - before.start == size - 2 * quarter  # a new window every half
+        assert before.end - before.start == size or before.end == n_tokens
     for w in plan:
-        assert 0 <= w.start <= w.owned_from <= w.end and w.end - w.start <= size
-        assert w.end > w.owned_from or n_tokens == 0
+        assert 0 <= w.start <= w.owned_from <= w.owned_to <= w.end and w.end - w.start <= size
+        assert w.owned_to > w.owned_from or n_tokens == 0
+        # at least a quarter window of left context (but at the document's start), and never
+        # in the last quarter of a window
+        assert w.owned_from - w.start >= quarter or w.start == 0
+        assert w.owned_to - w.start <= size - quarter
 
 
-def test_windows_of_empty_and_exactly_full_documents() -> None:
-    assert [(w.start, w.end, w.owned_from) for w in windows(0, 10, 4)] == [(0, 0, 0)]
-    assert [(w.start, w.end, w.owned_from) for w in windows(10, 10, 4)] == [(0, 10, 0)]
-    assert [(w.start, w.end, w.owned_from) for w in windows(11, 10, 4)] == [(0, 10, 0), (6, 11, 10)]
+def test_windows_of_empty_short_and_just_longer_documents() -> None:
+    def plan(n: int) -> list[tuple[int, int, int, int]]:
+        return [(w.start, w.end, w.owned_from, w.owned_to) for w in windows(n, 8)]
+    assert plan(0) == [(0, 0, 0, 0)]
+    assert plan(6) == [(0, 6, 0, 6)]
+    assert plan(7) == [(0, 7, 0, 6), (4, 7, 6, 7)]
+    assert plan(13) == [(0, 8, 0, 6), (4, 12, 6, 10), (8, 13, 10, 13)]
 
 
-def test_default_overlap_is_a_quarter_of_the_window_up_to_the_cap() -> None:
-    assert windows(100, 64)[1].start == 64 - 16
-    assert windows(10_000, 8192)[1].start == 8192 - WINDOW_OVERLAP
+@pytest.mark.parametrize("size", [7, 0])
+def test_windows_below_the_minimum_size_are_rejected(size: int) -> None:
+    with pytest.raises(ValueError, match=f"window size {size} is below the minimum 8"):
+        windows(20, size)
 
 
-@pytest.mark.parametrize("size", [4, 3])
-def test_windows_no_longer_than_overlap_are_rejected(size: int) -> None:
-    with pytest.raises(ValueError, match=f"window size {size} must exceed the overlap 4"):
-        windows(20, size, 4)
+def test_tag_window_is_the_recorded_training_length_within_positions(
+    own_heads: DiagnosticsModel, tmp_path: Path
+) -> None:
+    assert own_heads.settings.tag_window is None
+    assert own_heads.tag_window == POSITIONS  # the default 512 capped by n_positions
+    own_heads.settings.tag_window = 32
+    assert own_heads.tag_window == 32
+    own_heads.save_pretrained(tmp_path / "heads")
+    assert json.loads((tmp_path / "heads" / "config.json").read_text()
+                      )["diagnostics"]["tag_window"] == 32
+    assert DiagnosticsModel.from_pretrained(tmp_path / "heads").tag_window == 32
+
+
+def test_a_missing_tag_window_reads_as_the_packaged_training_length(tmp_path: Path) -> None:
+    wide = tiny_backbone(tmp_path / "backbone", n_positions=1024)  # wider than the training
+    DiagnosticsModel.fresh(wide).save_pretrained(tmp_path / "heads")
+    config = json.loads((tmp_path / "heads" / "config.json").read_text())
+    del config["diagnostics"]["tag_window"]
+    (tmp_path / "heads" / "config.json").write_text(json.dumps(config))
+    assert DiagnosticsModel.from_pretrained(tmp_path / "heads").tag_window == DEFAULT_TAG_WINDOW
+    config["diagnostics"]["tag_window"] = 4
+    (tmp_path / "heads" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HeadsError, match="tag_window must be a token count of at least 8"):
+        DiagnosticsModel.from_pretrained(tmp_path / "heads")
 
 
 # -- tag probabilities -------------------------------------------------------------------------
@@ -260,12 +291,12 @@ def test_windows_no_longer_than_overlap_are_rejected(size: int) -> None:
 def test_tag_probabilities_of_short_document_equal_token_classifier(
     heads: DiagnosticsModel,
 ) -> None:
-    ids = random_ids(random.Random(0), 50)
+    ids = random_ids(random.Random(0), POSITIONS * 3 // 4)  # one window owns them all
     with torch.no_grad():
         expected = heads.tagger(torch.tensor([ids])).logits[0].softmax(-1)
     got = tag_probabilities(heads, ids)
     torch.testing.assert_close(got, expected)
-    assert got.shape == (50, len(LABELS))
+    assert got.shape == (len(ids), len(LABELS))
     assert got.std() > 0.05  # the rows differ: a comparison above that could fail
 
 
@@ -281,7 +312,8 @@ def test_tag_probabilities_of_long_document_take_each_token_from_its_window(
     with torch.no_grad():
         for w in plan:
             run = heads.tagger(torch.tensor([ids[w.start : w.end]])).logits[0].softmax(-1)
-            torch.testing.assert_close(got[w.owned_from : w.end], run[w.owned_from - w.start :])
+            torch.testing.assert_close(got[w.owned_from : w.owned_to],
+                                       run[w.owned_from - w.start : w.owned_to - w.start])
     # Without the window's left context the later tokens would be tagged differently.
     with torch.no_grad():
         alone = heads.tagger(torch.tensor([ids[POSITIONS : POSITIONS + 10]])).logits[0]
@@ -466,7 +498,7 @@ def test_scanner_matches_full_pass_through_an_edit_session(heads: DiagnosticsMod
         previous, ids = ids, edit(ids)
         computed = check_scan(scanner, "file:///a.py", ids)
         sizes.add(len(windows(len(ids), POSITIONS)))
-        if len(ids) <= POSITIONS:
+        if len(windows(len(ids), POSITIONS)) == 1:
             assert computed == len(ids) - longest_common_prefix(previous, ids)
     assert {1, 2} < sizes and max(sizes) >= 4
 
@@ -494,9 +526,9 @@ def test_scanner_grows_buffers_past_their_headroom(tmp_path: Path) -> None:
     ids = random_ids(rng, 10)
     assert check_scan(scanner, "doc", ids) == 10
     capacity = scanner.entries["doc"][0].kv.capacity
-    ids += random_ids(rng, 400)
-    assert len(ids) > capacity
-    assert check_scan(scanner, "doc", ids) == 400
+    ids += random_ids(rng, 360)  # still one window (up to 3/4 of 512)
+    assert len(ids) > capacity and len(windows(len(ids), wide.tag_window)) == 1
+    assert check_scan(scanner, "doc", ids) == 360
 
 
 def test_scanner_evicts_least_recently_used_document(heads: DiagnosticsModel) -> None:

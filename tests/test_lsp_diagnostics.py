@@ -315,3 +315,63 @@ def test_shell_quick_fix_answers_to_the_shell_language_ids_of_editors() -> None:
     for language in ("sh", "bash", "zsh"):
         edits = env_replacements(text, f.start, f.end, "TOKEN", language)
         assert edits is not None and edits[0].text == '"${TOKEN}"'
+
+
+# -- no quick fix where the flagged text is not a credential value ---------------------------
+
+
+@pytest.mark.parametrize("text, flagged, label", [
+    # a header's name held in a constant, and used as a dict key
+    ('XET_HEADER = "X-Xet-Access-Token"\n', "X-Xet-Access-Token", "KEY"),
+    ('headers = {"X-Xet-Access-Token": token}\n', "X-Xet-Access-Token", "KEY"),
+    ('API_KEY_HEADER = "Authorization"\n', "Authorization", "KEY"),
+    # prose in a docstring and in a comment
+    ('def f():\n    """Endpoints scaled to zero will not be charged."""\n', "charged", "PASSWORD"),
+    ('# password = "hunter22" in the old config\nx = 1\n', "hunter22", "PASSWORD"),
+    # identifiers and keywords
+    ("class Net(nn.Module):\n    pass\n", "nn.Module", "KEY"),
+    ("FUNC_COT = compile_template(source)\n", "FUNC_COT", "KEY"),
+    ("def check(password):\n    return password\n", "def", "PASSWORD"),
+    # a version, a URL without credentials, a digest beside a hash's name
+    ('__version__ = "2.32.3"\n', "2.32.3", "PASSWORD"),
+    ('DOCS = "https://huggingface.co/docs/hub/security-tokens"\n',
+     "https://huggingface.co/docs/hub/security-tokens", "KEY"),
+    ('sha256 = "' + "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" + '"\n',
+     "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "KEY"),
+    # a string that is compared with, not used as, a value
+    ('if token == "ghp_4fK9sLq2ZxW8eR1tY6uI0oP3aS5dF7gH9jK2":\n    pass\n',
+     "ghp_4fK9sLq2ZxW8eR1tY6uI0oP3aS5dF7gH9jK2", "KEY"),
+])
+def test_no_fix_for_names_prose_identifiers_and_non_values(text: str, flagged: str, label: str
+                                                           ) -> None:
+    doc = document(text)
+    diag = to_lsp([finding_of(text, flagged, label)], doc, "utf-16")[0]
+    assert secret_action(doc, diag, "utf-16") is None
+
+
+@pytest.mark.parametrize("text, secret", [
+    ('TOKEN = "ghp_4fK9sLq2ZxW8eR1tY6uI0oP3aS5dF7gH9jK2"\n',
+     "ghp_4fK9sLq2ZxW8eR1tY6uI0oP3aS5dF7gH9jK2"),
+    ('client = Client("ghp_4fK9sLq2ZxW8eR1tY6uI0oP3aS5dF7gH9jK2")\n',
+     "ghp_4fK9sLq2ZxW8eR1tY6uI0oP3aS5dF7gH9jK2"),
+    ('headers = {"Authorization": "Bearer ghp_4fK9sLq2ZxW8eR1tY6uI0oP3aS5dF7gH9jK2"}\n',
+     "ghp_4fK9sLq2ZxW8eR1tY6uI0oP3aS5dF7gH9jK2"),
+    ('auth = ("admin", "Tr0ub4dor&3xyz")\n', "Tr0ub4dor&3xyz"),
+    ('url = f"postgresql://admin:S3cr3t!pw@{host}/app"\n', "S3cr3t!pw"),
+])
+def test_a_credential_assigned_passed_or_interpolated_gets_a_fix_that_compiles(
+    text: str, secret: str
+) -> None:
+    doc = document(text)
+    diag = to_lsp([finding_of(text, secret, "KEY")], doc, "utf-16")[0]
+    action = secret_action(doc, diag, "utf-16")
+    assert action is not None and action.edit is not None and action.edit.changes is not None
+    fixed = apply(text, action.edit.changes[URI])
+    assert secret not in fixed and "os.environ" in fixed
+    compile(fixed, "<fixed>", "exec")
+
+
+def test_a_javascript_object_key_gets_no_fix() -> None:
+    text = 'const headers = {"X-Api-Key-7f3a9c2b": key};\n'
+    f = finding_of(text, "X-Api-Key-7f3a9c2b")
+    assert env_replacements(text, f.start, f.end, "API_KEY", "javascript") is None

@@ -137,7 +137,8 @@ async def test_typing_a_secret_at_the_end_recomputes_only_the_new_tokens(client:
     text = DOCUMENT + line
     tok = load_tokenizer()
     new_line, whole = len(tok.encode_text(line)), len(tok.encode_text(text))
-    assert 0 < after - before <= new_line + 2 < whole // 4, (before, after, new_line, whole)
+    # Tagging windows overlap by half, so a token is run in at most two of them.
+    assert 0 < after - before <= 2 * (new_line + 2) < whole // 2, (before, after, new_line, whole)
     assert any(d.code == "secret/KEY" and d.range == span_range(text, TOKEN)
                for d in diagnostics), diagnostics
 

@@ -8,6 +8,10 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from model.functions import functions_of
+from model.tagging import never_a_credential
+
+__all__ = ["BUG", "PERSONAL_TYPES", "SECRET_TYPES", "finding_code", "never_a_credential",
+           "python_functions", "reported_types", "scores_functions", "thresholds"]
 
 BUG = "BUG"
 SECRET_TYPES = frozenset({"KEY", "PASSWORD", "USERNAME"})

@@ -1,6 +1,8 @@
-"""Evaluate the diagnostics model on held-out data generated with another seed.
+"""Evaluate the diagnostics model on held-out data generated with another seed, or (--real) on
+released code of held-out packages.
 
     python -m model.train.evaluate_heads [--model model/default/diagnostics] [--seed 2]
+    python -m model.train.evaluate_heads --real [--per-format 10]   # see evaluate_real
 
 Secrets and personal data: documents from `secrets_data.generate(split="eval")` on held-out
 host files, with formats never seen in training; precision / recall / F1 per label for spans
@@ -27,6 +29,7 @@ from ..functions import Function
 from ..heads import DIAGNOSTICS_DIR, DiagnosticsModel, find_entities, load_tokenizer
 from ..tagging import ENTITY_TYPES, Entity
 from ..tokenizer import Tokenizer
+from . import evaluate_real
 from .data import load_corpus
 from .mutations import Mutant, make_pairs
 from .secrets_data import Sample, Span, generate
@@ -180,17 +183,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--max-pairs", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--real", action="store_true",
+                   help="released code instead of generated documents (model.train.evaluate_real)")
+    evaluate_real.add_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     args = parse_args(argv)
+    if args.real:
+        evaluate_real.main(args)
+        return
     torch.set_num_threads(args.threads)
     from .secrets_baseline import flagged_lines
     from .secrets_data import HELD_OUT_FORMATS
 
     model = DiagnosticsModel.from_pretrained(args.model)
+    if args.tag_window is not None:
+        model.settings.tag_window = args.tag_window
     tok = load_tokenizer(args.model)
     corpus = load_corpus(args.data)
     samples = generate(args.seed, args.samples, corpus.held_out, split="eval")

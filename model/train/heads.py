@@ -282,6 +282,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     tag_rows = tagged(generate(args.seed, args.tag_samples, train_files, split="train"),
                       tok, labels, args.max_doc_tokens)
     model.settings.bug_end_token = tok.eos_token_id
+    model.settings.tag_window = args.max_doc_tokens  # inference reads windows of this length
     fn_rows = function_rows(train_files, tok, args.seed, args.max_function_tokens,
                             model.settings.bug_end_token)
     val_samples, val_fn_rows = validation_data(args, val_files, tok)

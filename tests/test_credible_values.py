@@ -1,0 +1,122 @@
+"""What span decoding drops as never a live credential (names, versions, URLs without
+credentials, digests beside a hash's name, certificates, prose passwords, lone user names,
+published maintainers' addresses), and what it must keep: every format the tagger is taught."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from model.tagging import (
+    Entity,
+    bio_labels,
+    decode_entities,
+    never_a_credential,
+    published_contact,
+    word_shaped,
+)
+from model.train import secrets_data
+
+LABELS = bio_labels()
+
+
+def reason(line: str, value: str, label: str = "KEY") -> str | None:
+    start = line.index(value)
+    return never_a_credential(line, start, start + len(value), label)
+
+
+@pytest.mark.parametrize("line, value, label, why", [
+    ('XET_HEADER = "X-Xet-Access-Token"', "X-Xet-Access-Token", "KEY", "name"),
+    ("class Net(nn.Module):", "nn.Module", "KEY", "name"),
+    ("FUNC_COT = 3", "FUNC_COT", "KEY", "name"),
+    ("def check(password):", "def", "PASSWORD", "keyword"),
+    ('__version__ = "2.32.3"', "2.32.3", "PASSWORD", "version"),
+    ('URL = "https://huggingface.co/settings/tokens"', "https://huggingface.co/settings/tokens",
+     "KEY", "url"),
+    ('assert url == "http://example.com/?z=1&a=1&k=1&d=1"', "1&k=1&d=1", "PASSWORD", "url"),
+    ("    --hash=sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+     "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "KEY", "digest"),
+    ("    Endpoints scaled to zero will not be charged.", "charged", "PASSWORD", "no cue"),
+])
+def test_values_that_are_never_credentials(line: str, value: str, label: str, why: str) -> None:
+    assert reason(line, value, label) == why
+
+
+@pytest.mark.parametrize("line, value, label", [
+    ('api_key = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
+     "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "KEY"),
+    ('url = "postgresql://admin:S3cr3t!pw@db.acme.io/app"', "S3cr3t!pw", "PASSWORD"),
+    ('SLACK = "https://hooks.slack.com/services/T0ABCDEF1/B0ABCDEF12/Xq7zLp9kW2abcdEFGH123456"',
+     "Xq7zLp9kW2abcdEFGH123456", "KEY"),
+    ('smtp.login("ops@acme.io", "dragon")', "dragon", "PASSWORD"),
+    ("mysql -u root -p'hunter22' app", "hunter22", "PASSWORD"),
+    ('password = "summer"', "summer", "PASSWORD"),
+])
+def test_credentials_are_kept(line: str, value: str, label: str) -> None:
+    assert reason(line, value, label) is None
+
+
+def test_no_key_format_the_tagger_is_taught_reads_as_a_name() -> None:
+    rng = random.Random(0)
+    named = 0
+    for make, _ in secrets_data.KEY_FORMATS.values():
+        for _ in range(200):
+            value = "".join(p.text for p in make(rng) if isinstance(p, secrets_data.Mark))
+            named += word_shaped(value)
+    assert named <= 5, named  # of 4,200 values
+
+
+def test_published_maintainers_are_not_personal_data_leaks() -> None:
+    assert published_contact("Author-email: Jane <jane@x.io>\n", 22)
+    line = 'authors = [{ name = "Jane", email = "jane@x.io" }]'
+    assert published_contact(line, line.index("jane@"))
+    line = '__author__ = "Jane Doe <jane@x.io>"'
+    assert not published_contact(line, line.index("jane@"))
+
+
+def tagged_as(text: str, offsets: list[tuple[int, int]], tags: list[str]) -> torch.Tensor:
+    probs = torch.zeros(len(offsets), len(LABELS))
+    for t, tag in enumerate(tags):
+        probs[t, LABELS.index(tag)] = 1.0
+    return probs
+
+
+def line_tokens(text: str) -> list[tuple[int, int]]:
+    """One token a line (its line break included)."""
+    offsets, at = [], 0
+    for line in text.splitlines(keepends=True):
+        offsets.append((at, at + len(line)))
+        at += len(line)
+    return offsets
+
+
+def test_key_lines_of_a_private_key_block_are_one_value_and_certificates_none() -> None:
+    body = ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7", "x9Kq2Zr7pLw3vT8m"]
+    key = "-----BEGIN PRIVATE KEY-----\n" + "\n".join(body) + "\n-----END PRIVATE KEY-----"
+    cert = key.replace("PRIVATE KEY", "CERTIFICATE")
+    text = f"KEY = '''{key}'''\nCERT = '''{cert}'''\n"
+    offsets = line_tokens(text)
+    tags = ["O", "B-KEY", "B-KEY", "O", "O", "B-KEY", "B-KEY", "O"]
+    found = decode_entities(text, offsets, tagged_as(text, offsets, tags), LABELS)
+    start = text.index("-----BEGIN PRIVATE")
+    assert found == [Entity(start, start + len(key), "KEY", 1.0)]
+
+
+def decoded(tokens: list[str], tags: list[str]) -> list[tuple[str, str]]:
+    text = "".join(tokens)
+    offsets, at = [], 0
+    for token in tokens:
+        offsets.append((at, at + len(token)))
+        at += len(token)
+    found = decode_entities(text, offsets, tagged_as(text, offsets, tags), LABELS)
+    return [(text[e.start : e.end], e.label) for e in found]
+
+
+def test_a_user_name_is_reported_only_beside_a_credential() -> None:
+    tags = ["O", "B-USERNAME", "O", "O", "B-PASSWORD", "O"]
+    far = ['user = "', "deploy", '"\n\n\n\nother = 1\n', 'password = "', "Tr0ub4dor-3", '"\n']
+    assert decoded(far, tags) == [("Tr0ub4dor-3", "PASSWORD")]  # four lines apart
+    near = ['user = "', "deploy", '"\n', 'password = "', "Tr0ub4dor-3", '"\n']
+    assert decoded(near, tags) == [("deploy", "USERNAME"), ("Tr0ub4dor-3", "PASSWORD")]
