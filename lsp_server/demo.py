@@ -103,10 +103,23 @@ async def drive(client: Client, text: str) -> int:
         suggestion, ms = await inline(client, at)
         print(f"-- {title} (line {at.line + 1}), {ms:.1f} ms")
         show(text, at, suggestion)
+        gated = False
+        if not suggestion:
+            # Hidden by the confidence gate, or nothing worth showing: what the model said.
+            client.configure({"minConfidence": 0})
+            suggestion, _ = await inline(client, at)
+            gated = bool(suggestion)
+            if gated:
+                print("  below the confidence gate (hidden; minConfidence 0 shows it):")
+                show(text, at, suggestion)
+            else:
+                client.configure({"minConfidence": None})
         print()
         if suggestion and not typed_through:
             text = await type_through(client, text, at, suggestion)
             typed_through = True
+        if gated:
+            client.configure({"minConfidence": None})
     await show_diagnostics(client, text)
     status = await client.status()
     print("-- status (gptbigcode.status)")

@@ -65,7 +65,7 @@ class DiagnosticsOptions:
     model: str = _option("default", check=_non_empty)  # diagnostics model folder or "default"
     secrets: bool = True  # hard-coded keys, passwords, user names
     personal_data: bool = True  # email and public IP addresses
-    bugs: bool = True  # functions that look wrong (Python)
+    bugs: bool = False  # functions that look wrong (Python): off until precise on real code
     # None: the thresholds calibrated when the model was trained (in its config.json).
     secret_threshold: float | None = _option(None, check=_probability)
     personal_data_threshold: float | None = _option(None, check=_probability)
@@ -98,6 +98,11 @@ class Options:
     stop: list[str] = _option(factory=list, check=_stop_strings)  # a single string is one
     debounce_ms: int = _option(50, check=_at_least(0))
     time_budget_ms: int = _option(2000, check=_at_least(1))  # per generation
+    # Hide a suggestion whose first line the model was less sure of than this (a score in
+    # [0, 1] from its token probabilities, engine/confidence.py), and cut one before a later
+    # line that scores below it. None: the value calibrated for the loaded model (the
+    # packaged one's; 0, no gate, for other models).
+    min_confidence: float | None = _option(None, check=_probability)
     cache_budget_mb: int = _option(1024, check=_at_least(0))  # KV cache, all documents
     diagnostics: DiagnosticsOptions = _option(factory=DiagnosticsOptions)
 

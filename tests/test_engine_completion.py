@@ -205,6 +205,51 @@ def test_token_budget_bounds_the_generation(folder: Path, tokenizer: Tokenizer) 
     assert done.model_steps == done.new_tokens  # the prompt, then one per token but the last
 
 
+def test_budget_stop_cuts_back_to_a_clean_boundary(folder: Path, tokenizer: Tokenizer) -> None:
+    piece = "\n    b = 2\n    c = call(ar"
+    budget = len(tokenizer.encode(piece))
+    engine = scripted(folder, tokenizer, LINE_END, [piece, " + 1)"], max_new_tokens=budget)
+    done = engine.complete(CompletionRequest(URI, TEXT, LINE_END))
+    assert done.stop_reason == "max_tokens" and done.generated == piece
+    assert done.text == "\n    b = 2"  # never `c = call(ar`
+
+
+def test_a_loop_stops_the_generation_and_keeps_its_first_copy(
+    folder: Path, tokenizer: Tokenizer
+) -> None:
+    line = "\n    total = 1"
+    engine = scripted(folder, tokenizer, LINE_END, [line * 8], max_new_tokens=60)
+    done = engine.complete(CompletionRequest(URI, TEXT, LINE_END))
+    assert done.stop_reason == "repetition" and done.text == line
+    assert done.new_tokens - done.retyped_tokens < len(tokenizer.encode(line * 3))
+
+
+def test_each_token_comes_with_its_log_probability(engine: Harness) -> None:
+    done = engine.complete(CompletionRequest(URI, TEXT, LINE_END))
+    assert len(done.token_logprobs) == len(done.token_ids) == done.new_tokens > 0
+    assert all(lp <= 0 for lp in done.token_logprobs)
+    assert done.confidence is None or 0 <= done.confidence <= 1
+
+
+def test_tokens_the_model_is_sure_of_pass_any_threshold_below_one(
+    folder: Path, tokenizer: Tokenizer
+) -> None:
+    engine = scripted(folder, tokenizer, LINE_END, ["\n    b = 2", 0], min_confidence=0.99)
+    done = engine.complete(CompletionRequest(URI, TEXT, LINE_END))
+    assert done.text == "\n    b = 2" and done.confidence == pytest.approx(1.0)
+    assert not done.hidden
+
+
+def test_confidence_gate_hides_what_the_model_is_unsure_of(engine: Harness) -> None:
+    request = CompletionRequest(URI, TEXT, LINE_END)
+    shown = engine.complete(request, Options(model="x", max_new_tokens=16, min_confidence=0.0))
+    assert shown.text and shown.confidence is not None and shown.confidence < 1  # random
+    hidden = engine.complete(request, Options(model="x", max_new_tokens=16, min_confidence=1.0))
+    assert hidden.text == "" and hidden.hidden
+    assert hidden.confidence == shown.confidence  # the same greedy tokens, judged the same
+    assert engine.status()["confidence"] == {"calibrated": 0.0, "hidden": 1, "cut": 0}
+
+
 def test_time_budget_stops_the_generation(engine: Harness) -> None:
     options = Options(model="x", max_new_tokens=400, time_budget_ms=1)
     done = engine.complete(CompletionRequest(URI, TEXT, LINE_END), options)

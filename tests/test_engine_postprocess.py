@@ -82,6 +82,21 @@ def test_docstring_lines_at_lower_indentation_are_kept():
     assert complete(document, generated) == 'Doc.\n\nNot indented.\n    """\n    return x'
 
 
+def test_never_runs_into_a_new_function_even_from_an_open_docstring():
+    document = "def f(x):\n    █\n"
+    generated = '"""Return x.\n\ndef g(y):\n    return y\n'
+    assert complete(document, generated) == '"""Return x.\n'.rstrip()
+    document = "class A:\n    x = 1\n    █\n"
+    generated = "y = 2\n\n    @property\n    def z(self):\n        return 3\n"
+    assert complete(document, generated) == "y = 2"
+
+
+def test_a_nested_definition_in_the_suggestion_is_kept():
+    document = "class A:\n    █\n"
+    generated = "def f(self):\n        def g():\n            pass\n        return g\n"
+    assert complete(document, generated) == generated.rstrip()
+
+
 def test_line_after_a_backslash_is_a_continuation():
     generated = "\n2\n    y = 3\nz = 4\n"
     assert complete("def f():\n    x = 1 + \\█\n", generated) == "\n2\n    y = 3"
@@ -180,6 +195,18 @@ def test_repeated_rest_of_line_is_dropped_mid_line():
     assert complete("def █(x):\n", "square(x):\n") == "square"
 
 
+def test_mid_line_suggestion_never_retypes_the_text_after_the_cursor():
+    # The issue's `open(filename)filename, mode)`: the suggestion starts re-typing the rest.
+    assert complete("f = open(█filename, mode)\n", "filename)\n") == ""
+    assert complete("f = open(█filename, mode)\n", "path + filename, mode)") == "path +"
+    assert complete("x = max(█x)\n", "y, x)") == "y,"  # a short rest counts whole
+
+
+def test_mid_line_suggestion_may_hold_a_word_that_starts_the_rest():
+    assert complete("f(█self.x)\n", "self.y + ") == "self.y +"  # `self.` alone is no retype
+    assert complete("x = f(█value)\n", "max_value, ") == "max_value,"  # not at a word start
+
+
 def test_closer_repeating_suffix_stays_when_the_suggestion_opened_it():
     assert complete("foo(█)\n", "bar())\n") == "bar()"
 
@@ -195,6 +222,17 @@ def test_last_line_closing_what_the_suggestion_opened_is_not_taken_for_repetitio
 
 def test_trailing_whitespace_lines_are_stripped():
     assert complete("def f():\n    █\n", "return 1  \n\n   \n") == "return 1"
+
+
+def test_a_suggestion_that_leaves_the_cursors_empty_line_empty_gives_nothing():
+    assert complete("import os\n█\nx = 1\n", "\n\nclass A:\n    pass\n") == ""
+    assert complete("def f():\n    █\n", "  \n    return 1") == ""
+    assert complete("def f():█\n", "\n    return 1") == "\n    return 1"  # after code: kept
+
+
+def test_empty_comments_alone_give_nothing():
+    assert complete("def f():\n    █\n", "#\n    #\n") == ""
+    assert complete("def f():\n    █\n", "# why\n") == "# why"
 
 
 def test_whitespace_only_generation_gives_nothing():

@@ -23,11 +23,15 @@ class TokenStream(Protocol):
     Iteration ends when the backend stops by itself; `finish` then says why ("eos",
     "special", "repair": no token re-types the text the prompt left out, "context": the
     model's positions are full). `close()` stops the generation (a stop rule or a cancel);
-    no further step runs. `usage` grows as the generation runs.
+    no further step runs. `usage` grows as the generation runs. `logprobs` holds the natural
+    log-probability of each token taken, in order, under the model's distribution before
+    any sampling or constraint; a backend that cannot tell leaves it empty (the confidence
+    gate then lets everything through).
     """
 
     usage: Usage
     finish: str
+    logprobs: list[float]
 
     def __iter__(self) -> Iterator[int]: ...
 

@@ -86,6 +86,11 @@ class LocalBackend:
                        top_p=params.top_p)
         return int(token.item())
 
+    def logprob(self, logits: torch.Tensor, token: int) -> float:
+        """The token's log-probability under the model's own distribution."""
+        row = logits[: self.tokenizer.vocab_size].float()
+        return float(row[token] - torch.logsumexp(row, dim=0))
+
     def set_cache_budget(self, nbytes: int) -> None:
         self.store.budgets = {"gpu": nbytes, "cpu": nbytes}
 
@@ -121,6 +126,7 @@ class LocalStream:
         self.params, self.retype = params, retype
         self.usage = Usage(prompt_tokens=len(ids))
         self.finish = ""
+        self.logprobs: list[float] = []
         self.session: CacheSession | None = None
         self._tokens = self._run()
 
@@ -162,6 +168,7 @@ class LocalStream:
                 return
             if retype:
                 retype = backend.index.remaining(retype, token)
+            self.logprobs.append(backend.logprob(logits, token))
             yield token
             if self.full:
                 self.finish = "context"

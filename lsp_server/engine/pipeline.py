@@ -1,8 +1,9 @@
 """A completion request's way, top to bottom: partial-token repair and the prompt window ->
-the backend's token stream -> stop rules -> post-processing."""
+the backend's token stream -> stop rules -> post-processing -> the confidence gate."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -11,15 +12,18 @@ from typing import Any
 from cache import ContextBudget, Layout, PromptBuilder
 
 from .backend import Backend, TokenStream
-from .postprocess import postprocess, wants_single_line
+from .confidence import Scored, calibrated_threshold, gate
+from .postprocess import Syntax, postprocess, syntax_for, wants_single_line
 from .repair import split_unstable_tail
 from .requests import Completion, CompletionRequest, EngineSettings, GenerationParams
-from .stops import cut_at_stops, whole_characters
+from .stops import clean_end, cut_at_stops, whole_characters
 
 # Tokens kept free beyond the document text: the three FIM tokens, and the tokens that
 # re-type the text partial-token repair took off the prompt.
 RESERVED_TOKENS = 3 + 16
 MiB = 1 << 20
+BUDGET_STOPS = frozenset({"max_tokens", "time", "context"})  # the model had not finished
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class Engine:
@@ -33,6 +37,7 @@ class Engine:
         self.tokenizer = backend.tokenizer
         self.settings = settings or EngineSettings()
         self.warnings: list[str] = []  # what the user should hear of how it was loaded
+        self.gated = {"hidden": 0, "cut": 0}  # suggestions the confidence gate hid or cut
         self.builder = PromptBuilder(self.tokenizer, self._budget(self.settings))
         self.configure(self.settings)
 
@@ -82,6 +87,7 @@ class Engine:
         if isinstance(cache, dict):
             cache["window_moves"] = self.builder.window_moves
         report["layout"] = self.layout()
+        report["confidence"] = {"calibrated": calibrated_threshold(self.name), **self.gated}
         return report
 
     # -- a request --------------------------------------------------------------------------
@@ -127,10 +133,20 @@ class Engine:
                 reason = stream.finish
         generated = cut_at_stops(whole_characters(bytes(data[len(retype):])), params.stop,
                                  single_line)[0]
-        text = postprocess(generated, prefix, request.suffix, request.language_id)
+        shown = postprocess(generated, prefix, request.suffix, request.language_id)
+        if reason in BUDGET_STOPS:  # never show the word or expression it was writing
+            line_prefix = prefix[prefix.rfind("\n") + 1 :]
+            syntax = syntax_for(request.language_id)
+            ended = clean_end(generated, line_prefix, syntax)
+            shown = _clean_shown(
+                postprocess(ended, prefix, request.suffix, request.language_id), line_prefix,
+                syntax)
+        if reason == "cancelled":
+            shown = ""
+        text, confidence = self._gate(shown, ids, stream.logprobs, len(retype), params)
         usage = stream.usage
         return Completion(
-            text=text if reason != "cancelled" else "",
+            text=text,
             generated=generated,
             stop_reason=reason,
             layout=layout,
@@ -139,11 +155,32 @@ class Engine:
             computed_tokens=usage.computed_tokens,
             new_tokens=len(ids),
             token_ids=tuple(ids),
+            token_logprobs=tuple(stream.logprobs),
             retyped_tokens=retyped,
             model_steps=usage.steps,
             model_ms=usage.model_ms,
             total_ms=_since(started),
+            confidence=confidence,
+            hidden=bool(shown) and not text,
         )
+
+    def _gate(self, shown: str, ids: list[int], logprobs: list[float], skip: int,
+              params: GenerationParams) -> tuple[str, float | None]:
+        """The suggestion the confidence gate lets through, and its first line's score (None
+        when the backend gave no log-probabilities). `skip`: bytes of `ids` re-typing text
+        already in the document."""
+        if not shown or len(logprobs) != len(ids):
+            return shown, None
+        threshold = params.min_confidence
+        if threshold is None:
+            threshold = calibrated_threshold(self.name)
+        pieces = [self.tokenizer.decode_bytes([token]) for token in ids]
+        scored = Scored.from_tokens(pieces, logprobs, skip=skip)
+        kept, confidence = gate(_LINE_BREAK.sub("\n", shown), scored, threshold)
+        if kept == _LINE_BREAK.sub("\n", shown):
+            return shown, confidence
+        self.gated["cut" if kept else "hidden"] += 1
+        return _in_document_breaks(shown, kept), confidence
 
     @staticmethod
     def _stop_reason(count: int, new: bytes | None, stream: TokenStream,
@@ -165,6 +202,26 @@ class Engine:
         if time.perf_counter() > deadline:
             return "time"
         return ""
+
+
+def _clean_shown(shown: str, line_prefix: str, syntax: Syntax) -> str:
+    """A budget-stopped suggestion after post-processing (which may cut it again) still ends
+    on a clean boundary; a last line of indentation alone (where Enter puts the closers that
+    follow the cursor) is kept when nothing before it is cut."""
+    text = _LINE_BREAK.sub("\n", shown)
+    body = text.rstrip(" \t")
+    body = body[:-1] if body.endswith("\n") else text
+    ended = clean_end(body + "\n", line_prefix, syntax)  # its last line is a whole line
+    return shown if ended == body else _in_document_breaks(shown, ended)
+
+
+def _in_document_breaks(shown: str, kept: str) -> str:
+    """`kept`, a cut of `shown` with its line breaks as \\n, in shown's own line breaks."""
+    if not kept:
+        return ""
+    *whole, last = kept.split("\n")
+    starts = [0] + [found.end() for found in _LINE_BREAK.finditer(shown)]
+    return shown[: starts[len(whole)]] + last
 
 
 def _since(started: float) -> float:

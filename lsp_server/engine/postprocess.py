@@ -14,6 +14,10 @@ MATCHING = {")": "(", "]": "[", "}": "{"}
 # Text after the cursor made only of these still leaves room for a block: `foo(|)`, `{|}`.
 LINE_END_CHARS = frozenset(CLOSERS + ";, \t")
 BLOCK_OPENERS = (":", *OPENERS)
+_NEW_DEFINITION = re.compile(
+    r"(?:async\s+)?def\s+\w+\s*\(|class\s+\w+\s*[:(]|@\w|function\s+\w+\s*\("
+)
+RETYPED_REST_CHARS = 6  # of the rest of the line that a suggestion must re-type to be cut
 SCAN_CHARS = 4_000  # of context before and after the cursor scanned for brackets and strings
 
 
@@ -159,7 +163,7 @@ def _scan(text: str, cursor: _Cursor, syntax: Syntax) -> tuple[int, list[bool]]:
     return len(text), continued
 
 
-def _unbalance(text: str, syntax: Syntax) -> tuple[int, int]:
+def unbalance(text: str, syntax: Syntax) -> tuple[int, int]:
     """(closers matching nothing in text, openers left open at its end), string-aware."""
     own: list[str] = []
     unmatched = 0
@@ -200,7 +204,9 @@ def _block_end(text: str, line_prefix: str, continued: list[bool]) -> int:
     suggestion's first line). A later line that is less indented ends the block; so does one
     as indented when that first line opens a block (`def f(x):`, `function f() {`): the
     suggestion ends with the block it opened. A line that only closes brackets is kept as
-    the last. Lines inside strings, comments, brackets or after a backslash are not checked.
+    the last. Lines inside strings, comments, brackets or after a backslash are not checked,
+    except that no line after the first may start a definition (`def`, `class`, a decorator)
+    at the block's indentation or less: a docstring that never closes ends there too.
     """
     lines = (line_prefix + text).split("\n")
     first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
@@ -210,6 +216,8 @@ def _block_end(text: str, line_prefix: str, continued: list[bool]) -> int:
     opens_block = lines[first].rstrip().endswith(BLOCK_OPENERS)
     start = -len(line_prefix)  # index in text of the current line's start
     for i, line in enumerate(lines):
+        if i > first and _NEW_DEFINITION.match(line.lstrip()) and _indent(line) <= base:
+            return start - 1  # never into a new function or class, not even from a string
         checked = i > first and line.strip() and not continued[i]
         if checked and not lines[i - 1].endswith("\\"):
             indent = _indent(line)
@@ -237,9 +245,28 @@ def _drop_repeated_lines(text: str, line_prefix: str, following: str, syntax: Sy
         last = wanted[len(tail) - 1]
         if last == tail[-1] or (cut > 0 and last.startswith(tail[-1])):
             kept = "\n".join(lines[:cut])
-            if _unbalance("\n".join(lines[cut:]), syntax)[0] and _unbalance(kept, syntax)[1]:
+            if unbalance("\n".join(lines[cut:]), syntax)[0] and unbalance(kept, syntax)[1]:
                 continue  # the tail closes what the kept lines opened: not a repetition
             return kept
+    return text
+
+
+def _cut_before_rest(text: str, rest: str) -> str:
+    """Mid-line, the suggestion up to where it starts re-typing the rest of the line
+    (`open(|filename, mode)` suggesting `filename)`): where it agrees with that rest on its
+    first RETYPED_REST_CHARS characters (all of them when it is shorter), a letter or digit
+    among them, and starts a word there when the rest starts with one."""
+    rest = rest.rstrip()
+    needed = min(len(rest), RETYPED_REST_CHARS)
+    if not needed or not any(char.isalnum() for char in rest[:needed]):
+        return text
+    word_start = rest[0].isalnum() or rest[0] == "_"
+    for at in range(len(text) - needed + 1):
+        if text[at : at + needed] != rest[:needed]:
+            continue
+        if word_start and at and (text[at - 1].isalnum() or text[at - 1] == "_"):
+            continue
+        return text[:at]
     return text
 
 
@@ -288,11 +315,15 @@ def postprocess(generated: str, prefix: str, suffix: str, language_id: str = "py
     single_line = wants_single_line(after)
     text = _normalise(generated)
     if single_line:
-        text = text.partition("\n")[0]
+        text = _cut_before_rest(text.partition("\n")[0], rest)
+    elif not line_prefix.strip() and not rest.strip() and text.lstrip(" \t").startswith("\n"):
+        return ""  # it would leave the empty line the cursor is on empty: not for this line
     cut, continued = _scan(text, _cursor(before, after, syntax), syntax)
     text = text[:cut]
     if not single_line:
         text = text[: _block_end(text, line_prefix, continued)]
         text = _drop_repeated_lines(text, line_prefix, following, syntax)
     text = _trim_end(_drop_repeated_rest(text, rest), rest, line_prefix)
-    return text.replace("\n", _line_ending(prefix, suffix)) if text.strip() else ""
+    if not text.replace(syntax.line_comment, "").strip():
+        return ""  # nothing, or only empty comments: nothing worth a keystroke
+    return text.replace("\n", _line_ending(prefix, suffix))

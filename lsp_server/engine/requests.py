@@ -45,12 +45,15 @@ class GenerationParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     time_budget_ms: int = 2000
+    # Suggestions (and their later lines) that score below this are not shown (a score in
+    # [0, 1] from the token probabilities); None: the threshold calibrated for the model.
+    min_confidence: float | None = None
 
     @classmethod
     def from_options(cls, options: Any) -> GenerationParams:
         """From the server's options (anything with these attributes)."""
         return cls(options.max_new_tokens, options.temperature, options.top_p,
-                   tuple(options.stop), options.time_budget_ms)
+                   tuple(options.stop), options.time_budget_ms, options.min_confidence)
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ class Completion:
 
     text: str
     generated: str = ""  # the model's text after the cursor, before post-processing
-    stop_reason: str = ""  # eos, special, stop, newline, max_tokens, context, time, cancelled
+    # eos, special, stop, newline, repetition, max_tokens, context, time, cancelled
+    stop_reason: str = ""
     layout: str = ""
     prompt_tokens: int = 0
     reused_tokens: int = 0
@@ -102,6 +106,9 @@ class Completion:
     model_steps: int = 0  # forward passes run
     model_ms: float = 0.0  # time in forward passes
     total_ms: float = 0.0  # time in the engine, forward passes included
+    token_logprobs: tuple[float, ...] = ()  # of token_ids, when the backend reports them
+    confidence: float | None = None  # the suggestion's first line's score (engine/confidence.py)
+    hidden: bool = False  # the confidence gate hid a suggestion post-processing kept
 
     @property
     def cancelled(self) -> bool:

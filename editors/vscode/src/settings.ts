@@ -21,6 +21,7 @@ export const SERVER_OPTION_KEYS = [
   "stop",
   "debounceMs",
   "timeBudgetMs",
+  "minConfidence",
   "cacheBudgetMb",
 ] as const;
 

@@ -1,0 +1,95 @@
+"""How sure the model was of a suggestion, from its own token log-probabilities: a score per
+line in [0, 1], which hides a suggestion whose first line falls below a threshold and cuts one
+at the first later line that does."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# The thresholds calibrated per model (tests/bench/calibrate_confidence.py, on packages held
+# apart from the acceptance harness' evaluation places). A model without an entry is not
+# gated: its probabilities mean something else.
+CALIBRATED: dict[str, float] = {"default": 0.42}
+
+
+def calibrated_threshold(model_name: str) -> float:
+    """The threshold calibrated for a model (by the name the options load it by), else 0."""
+    return CALIBRATED.get(model_name, 0.0)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A generation's text and, for each of its tokens, where it starts in the text (a
+    character offset) and its log-probability."""
+
+    text: str
+    starts: tuple[int, ...]
+    logprobs: tuple[float, ...]
+
+    @classmethod
+    def from_tokens(cls, pieces: Sequence[bytes], logprobs: Sequence[float],
+                    skip: int = 0) -> Scored:
+        """From the tokens' bytes and log-probabilities, leaving out the first `skip` bytes
+        (text the tokens re-typed, already in the document). A token that starts inside the
+        skipped bytes or inside a character counts from the next character."""
+        if len(pieces) != len(logprobs):
+            raise ValueError(f"{len(pieces)} tokens but {len(logprobs)} log-probabilities")
+        data = b"".join(pieces)[skip:]
+        text = data.decode("utf-8", errors="ignore")
+        starts: list[int] = []
+        kept: list[float] = []
+        offset = -skip
+        for piece, logprob in zip(pieces, logprobs, strict=True):
+            if offset + len(piece) > 0:
+                start = max(offset, 0)
+                starts.append(len(data[:start].decode("utf-8", errors="ignore")))
+                kept.append(logprob)
+            offset += len(piece)
+        return cls(text, tuple(starts), tuple(kept))
+
+    def span_score(self, start: int, end: int) -> float | None:
+        """The score of the tokens that start in [start, end) (None when none does): the
+        geometric mean of their geometric mean probability and the probability of the least
+        likely of them, so that one token the model guessed weighs more than in a plain mean
+        (on the calibration places this hides fewer right lines for as much junk)."""
+        chosen = [lp for s, lp in zip(self.starts, self.logprobs, strict=True)
+                  if start <= s < end]
+        if not chosen:
+            return None
+        return math.exp((sum(chosen) / len(chosen) + min(chosen)) / 2)
+
+
+def line_scores(scored: Scored, text: str) -> list[float | None]:
+    """The score of each line of `text` (a suggestion cut from scored.text: it agrees with it
+    up to where it was cut), from the tokens starting on that line; a line's leading line
+    break belongs to it, so a line made only of "\\n    " tokens still has a score."""
+    scores: list[float | None] = []
+    start = 0
+    for number, line in enumerate(text.split("\n")):
+        end = start + len(line)
+        # The break before a line (start - 1) is that line's, not the previous one's.
+        scores.append(scored.span_score(start - 1 if number else 0, end))
+        start = end + 1
+    return scores
+
+
+def gate(text: str, scored: Scored, threshold: float) -> tuple[str, float | None]:
+    """(text to show, its head's score), the head being its first line with a token of its
+    own: "" when the head scores below `threshold`, else `text` cut before the first later
+    line that does (a line without a token of its own is not judged)."""
+    scores = line_scores(scored, text)
+    head = next((n for n, score in enumerate(scores) if score is not None), None)
+    if head is None:
+        return text, None
+    first = scores[head]
+    assert first is not None
+    if first < threshold:
+        return "", first
+    lines = text.split("\n")
+    for number in range(head + 1, len(lines)):
+        score = scores[number]
+        if score is not None and score < threshold:
+            return "\n".join(lines[:number]).rstrip(), first
+    return text, first
