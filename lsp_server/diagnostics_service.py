@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 
-from .diagnostics import to_lsp
+from .diagnostics import carried, to_lsp
 from .documents import Document
 from .engine import Diagnoser, Finding
 from .options import DiagnosticsOptions
@@ -87,12 +87,42 @@ class DiagnosticsService:
         if not findings and not state.published:
             return  # nothing shown, nothing to clear
         state.published = len(findings)
+        state.published_on = (document.text, list(findings)) if findings else None
         self.ls.text_document_publish_diagnostics(types.PublishDiagnosticsParams(
             uri=document.uri, version=document.version,
             diagnostics=to_lsp(findings, document, self.ls.documents.encoding),
         ))
 
+    def carry_over(self, uri: str) -> None:
+        """After an edit, until the heads have run again: the findings shown move with their
+        text, and those the edit touched are withdrawn at once (an editor keeps a marker on
+        text that changed until the next publish, and such a warning is stale)."""
+        state = self.ls.states.get(uri)
+        if state is None or state.published_on is None or uri not in self.ls.documents:
+            return
+        document = self.ls.documents.get(uri)
+        text, findings = state.published_on
+        kept = carried(text, document.text, findings)
+        state.published_on = (document.text, kept) if kept else None
+        if kept != findings:
+            # Published again when a finding moved too: editors move their markers, but not
+            # the diagnostics they send back with a code action request (VS Code filters those
+            # by their published ranges).
+            self.publish(state, document, kept)
+
+    def shown(self, uri: str) -> list[types.Diagnostic]:
+        """The diagnostics shown for `uri`, positioned in its current text."""
+        state = self.ls.states.get(uri)
+        if state is None or state.published_on is None or uri not in self.ls.documents:
+            return []
+        document = self.ls.documents.get(uri)
+        text, findings = state.published_on
+        if text != document.text:
+            return []
+        return to_lsp(findings, document, self.ls.documents.encoding)
+
     def clear(self, uri: str, state: DocumentState) -> None:
+        state.published_on = None
         if state.published:
             state.published = 0
             self.ls.text_document_publish_diagnostics(

@@ -80,6 +80,9 @@ class DocumentState:
     diagnostics: asyncio.Task[None] | None = None  # waiting for edits to settle, or running
     diagnostics_job: Job[Any] | None = None  # the heads' run on the worker
     published: int = 0  # diagnostics shown in the editor
+    # The findings shown and the text they are positioned in, moved along with edits until
+    # the heads run again (DiagnosticsService.carry_over).
+    published_on: tuple[str, list[Any]] | None = None
 
     def changed(self) -> None:
         self.changed_at = time.perf_counter()

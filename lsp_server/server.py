@@ -139,6 +139,7 @@ class GPTBigCodeServer(LanguageServer):
     def changed(self, uri: str) -> None:
         if (state := self.states.get(uri)) is not None:
             state.changed()
+        self.diagnostics.carry_over(uri)
         self.diagnostics.schedule(uri)
 
     def forget(self, uri: str) -> None:
@@ -199,6 +200,8 @@ class GPTBigCodeServer(LanguageServer):
             "cache": engine.get("cache"),
             "latencyMs": requests.latency(),
             "modelSteps": engine.get("modelSteps", 0),
+            # The loaded model's calibrated minConfidence, suggestions hidden and cut by it.
+            "confidence": engine.get("confidence"),
             "requests": dict(requests.counts),
             "worker": camel_keys(asdict(self._worker.snapshot())) if self._worker else None,
             "options": as_json(self.options),
@@ -385,18 +388,30 @@ def _position(document: Document, offset: int, ls: GPTBigCodeServer) -> types.Po
     types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.QuickFix]),
 )
 def code_action(ls: GPTBigCodeServer, params: types.CodeActionParams) -> list[types.CodeAction]:
-    """Quick fixes (secret -> environment variable) for diagnostics that fit the current text."""
+    """Quick fixes (secret -> environment variable) for the diagnostics in the request that fit
+    the current text, and for the server's own findings at the range, as they are now (a client
+    may send a diagnostic a version behind with its old range, or none)."""
     only = params.context.only
     if only and not any(types.CodeActionKind.QuickFix.value.startswith(kind) for kind in only):
         return []
+    uri = params.text_document.uri
     try:
-        document = ls.documents.get(params.text_document.uri)
+        document = ls.documents.get(uri)
     except UnknownDocumentError:
         return []
-    actions = []
-    for diagnostic in params.context.diagnostics:
+    at = params.range
+    here = [d for d in ls.diagnostics.shown(uri)
+            if (d.range.start.line, d.range.start.character) <= (at.end.line, at.end.character)
+            and (at.start.line, at.start.character) <= (d.range.end.line, d.range.end.character)]
+    actions, fixed = [], set()
+    for diagnostic in [*params.context.diagnostics, *here]:
         action = secret_action(document, diagnostic, ls.documents.encoding)
-        if action is not None:
+        if action is None or action.edit is None or not action.edit.changes:
+            continue
+        key = tuple((e.range.start.line, e.range.start.character, e.range.end.line,
+                     e.range.end.character, e.new_text) for e in action.edit.changes[uri])
+        if key not in fixed:  # the same fix from the client's diagnostic and ours
+            fixed.add(key)
             actions.append(action)
     return actions
 

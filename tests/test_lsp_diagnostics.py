@@ -1,13 +1,22 @@
 """Diagnostics in the server, without a model: findings to LSP ranges, the secret-to-environment
-code action's edits in each language and its checks against the current text, where a function's
-bug diagnostic sits, and options."""
+code action's edits in each language and its checks against the current text, findings carried
+along with edits, where a function's bug diagnostic sits, and options."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 from lsprotocol import types
 
-from lsp_server.diagnostics import env_replacements, secret_action, to_lsp, variable_name
+from lsp_server.diagnostics import (
+    carried,
+    changed_span,
+    env_replacements,
+    secret_action,
+    to_lsp,
+    variable_name,
+)
 from lsp_server.documents import Document, DocumentStore, Position, Range, TextChange
 from lsp_server.engine import Finding
 from lsp_server.engine.findings_policy import BUG, python_functions, reported_types, thresholds
@@ -375,3 +384,34 @@ def test_a_javascript_object_key_gets_no_fix() -> None:
     text = 'const headers = {"X-Api-Key-7f3a9c2b": key};\n'
     f = finding_of(text, "X-Api-Key-7f3a9c2b")
     assert env_replacements(text, f.start, f.end, "API_KEY", "javascript") is None
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("abcdef", "abcXdef", (3, 3, 4)),  # insertion
+    ("abcdef", "abdef", (2, 3, 2)),  # deletion
+    ("abcdef", "abZZef", (2, 4, 4)),  # replacement
+    ("aaaa", "aaaaa", (4, 4, 5)),  # repeated text: the longest common prefix first
+    ("same", "same", (4, 4, 4)),
+    ("", "new", (0, 0, 3)),
+])
+def test_changed_span_names_what_an_edit_replaced(old: str, new: str,
+                                                  expected: tuple[int, int, int]) -> None:
+    start, old_end, new_end = changed_span(old, new)
+    assert (start, old_end, new_end) == expected
+    assert old[:start] + new[start:new_end] + old[old_end:] == new
+
+
+def test_findings_move_with_their_text_and_an_edit_drops_those_it_touches() -> None:
+    text = 'A = "AKIAQ3EGRT7ZPWXLMN4K"\nB = "ghp_4fK9sLq2ZxW8eR1tY6uI0oP3aS5dF7gH9jK2"\n'
+    first, second = finding_of(text, "AKIAQ3EGRT7ZPWXLMN4K"), finding_of(text, "ghp_4fK9sLq2")
+    above = "# keys\n" + text
+    moved = carried(text, above, [first, second])
+    assert [above[f.start : f.end] for f in moved] == ["AKIAQ3EGRT7ZPWXLMN4K", "ghp_4fK9sLq2"]
+    inside = text.replace("AKIAQ3", "AKIAQ3Z")
+    assert carried(text, inside, [first, second]) == [replace(second, start=second.start + 1,
+                                                              end=second.end + 1)]
+    at_end = text.replace('MN4K"', 'MN4Kx"')  # adjoining the value: the value changed
+    assert [at_end[f.start : f.end] for f in carried(text, at_end, [first, second])] == [
+        "ghp_4fK9sLq2"]
+    below = text + "C = 1\n"
+    assert carried(text, below, [first, second]) == [first, second]

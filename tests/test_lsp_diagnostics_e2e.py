@@ -227,3 +227,30 @@ async def test_secrets_never_reach_the_log(client: Client) -> None:
     log_text = client.log_path.read_text(encoding="utf-8")  # type: ignore[attr-defined]
     assert "diagnostics model" in log_text  # the log is written (at -v)
     assert AWS_KEY not in log_text and TOKEN not in log_text
+
+
+async def test_an_edit_withdraws_the_findings_it_touched_before_the_heads_run_again(
+    client: Client,
+) -> None:
+    """With the heads waiting a minute for edits to settle: a line typed above moves the
+    warning with its text (published for the new version, and its fix offered at its new place
+    without the client's diagnostic); a key typed into the flagged value withdraws it at once."""
+    uri = fresh_uri()
+    client.open(uri, DOCUMENT)
+    assert [d.code for d in await client.published(uri)] == ["secret/KEY"]
+    client.configure({"diagnostics": {"debounceMs": 60_000}})
+    try:
+        client.type(uri, position(DOCUMENT, 0), "# archive\n")  # version 2, above the key
+        moved = "# archive\n" + DOCUMENT
+        (key,) = await client.published(uri, version=2)
+        assert key.range == span_range(moved, AWS_KEY)
+        actions = await client.text_document_code_action_async(types.CodeActionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), range=key.range,
+            context=types.CodeActionContext(diagnostics=[])))  # the client sends none
+        assert [a.title for a in actions or []] == [  # type: ignore[union-attr]
+            "Read this secret from the environment variable ACCESS_KEY_ID"]
+        inside = moved.index(AWS_KEY) + 4
+        client.type(uri, position(moved, inside), "Q")  # version 3, into the key
+        assert await client.published(uri, version=3) == []
+    finally:
+        client.configure({"diagnostics": {"debounceMs": 0}})

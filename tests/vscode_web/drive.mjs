@@ -1,14 +1,15 @@
 // Drives VS Code (code-server in Debian's Chromium, through playwright-core) as a user would,
 // for tests/test_vscode_web.py: waits for the extension's status item to say "ready", types a
 // function header and accepts the ghost text with Tab, types a secret and applies its quick fix
-// after the line settles and while the diagnostic is a version behind, and restarts the server
+// after the line settles, while the diagnostic is a version behind and after a key typed into
+// the secret, and restarts the server
 // from the command palette. It records what it saw in result.json and a screenshot per step;
 // the Python test asserts on them and on the saved file.
 //
 // node drive.mjs CONFIG.json, where CONFIG names: url, file (the workspace file to edit, read
 // after each save), out (the folder for result.json and the PNGs), browser (Chromium's path),
-// modules (a node_modules folder holding playwright-core), header, secret, pids (the file the
-// server appends its process id to), timeoutMs.
+// modules (a node_modules folder holding playwright-core), header, secret, above (a line typed
+// at the top of the file), pids (the file the server appends its process id to), timeoutMs.
 
 import { readFileSync, writeFileSync, existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -112,9 +113,17 @@ async function ghostText(page) {
 // Opens the quick fix menu at the cursor (Ctrl+.) and returns the titles it lists, or [] when
 // VS Code says there is none.
 async function quickFixTitles(page) {
-  await page.keyboard.press("Control+.");
   const menu = page.locator(".action-widget");
   const none = page.locator(".monaco-editor-overlaymessage", { hasText: "No code actions" });
+  // The last answer's menu or message gone first, so that what is read is this one's (the
+  // message goes when the cursor moves: there and back).
+  if (await none.isVisible()) {
+    await page.keyboard.press("ArrowLeft");
+    await page.keyboard.press("ArrowRight");
+  }
+  await until("the last quick fix menu or message to go", async () =>
+    !(await menu.isVisible()) && !(await none.isVisible()), 10_000);
+  await page.keyboard.press("Control+.");
   await until("the quick fix menu or its 'no code actions' message", async () =>
     (await menu.isVisible()) || (await none.isVisible()));
   if (!(await menu.isVisible())) {
@@ -124,6 +133,8 @@ async function quickFixTitles(page) {
   await until("the menu's rows", async () => (await rows.count()) > 0);
   return (await rows.allInnerTexts()).map((t) => t.trim());
 }
+
+const isFix = (title) => title.startsWith("Read this secret from the environment");
 
 // Chooses the menu row titled `title` (arrow keys then Enter, as a user does).
 async function chooseAction(page, titles, title) {
@@ -220,7 +231,7 @@ async function run() {
     note("secret", { warned: await warnedLines(page), screenshot: await shot(page, "secret-warning") });
     const settledTitles = await quickFixTitles(page);
     note("settled-menu", { titles: settledTitles, screenshot: await shot(page, "quick-fix-menu") });
-    const fix = settledTitles.find((t) => t.startsWith("Read this secret from the environment"));
+    const fix = settledTitles.find(isFix);
     if (fix) {
       await chooseAction(page, settledTitles, fix);
     } else {
@@ -228,40 +239,61 @@ async function run() {
     }
     note("settled-fixed", { chosen: fix ?? null, text: await saveFile(page), screenshot: await shot(page, "fixed") });
 
-    // 4. The same while the warning is a version behind: a key typed into the secret, the menu
-    //    asked for at once (the server re-diagnoses only after its debounce).
+    // 4. The fix while the warning is a version behind: a line typed above the secret moves
+    //    the warning with its text (the editor moves it; the server re-diagnoses only after its
+    //    debounce), and the fix, computed on the text as it now is, still takes the whole value.
     await typeSecret(page);
-    await page.keyboard.type("Q");
+    await page.keyboard.press("Control+Home");
+    await page.keyboard.type(config.above);
+    await page.keyboard.press("Enter");
     await page.keyboard.press("Escape");
-    // Whether the warning on the edited line is still the one computed before the key.
-    const edited = config.secret.slice(0, -2) + "Q" + config.secret.slice(-2);
-    const staleWarned = (await warnedLines(page)).includes(edited);
-    const staleTitles = await quickFixTitles(page);
-    const staleFix = staleTitles.find((t) => t.startsWith("Read this secret from the environment"));
-    note("stale-menu", { titles: staleTitles, staleWarned, screenshot: await shot(page, "stale-quick-fix-menu") });
-    if (staleFix) {
-      await chooseAction(page, staleTitles, staleFix);
+    await page.keyboard.press("Control+End");
+    await page.keyboard.press("ArrowLeft");
+    await page.keyboard.press("ArrowLeft");
+    const behindWarned = await until("the moved warning", async () =>
+      (await warnedLines(page)).includes(config.secret), 2000).catch(() => false);
+    const behindTitles = await quickFixTitles(page);
+    note("behind-menu", { titles: behindTitles, warned: behindWarned, screenshot: await shot(page, "behind-quick-fix-menu") });
+    const behindFix = behindTitles.find(isFix);
+    if (behindFix) {
+      await chooseAction(page, behindTitles, behindFix);
     } else {
       await page.keyboard.press("Escape");
     }
-    note("stale-fixed", { chosen: staleFix ?? null, text: await saveFile(page), screenshot: await shot(page, "stale-fixed") });
-    // Once the server has caught up, the fix applies to the secret as it now reads.
-    if (!staleFix) {
-      await until("the re-diagnosed warning", async () => {
-        const titles = await quickFixTitles(page);
-        const found = titles.find((t) => t.startsWith("Read this secret from the environment"));
-        if (found) {
-          await chooseAction(page, titles, found);
-          return true;
-        }
-        await page.keyboard.press("Escape");
-        await new Promise((resolve) => setTimeout(resolve, 500));
-        return false;
-      });
-      note("caught-up-fixed", { text: await saveFile(page), screenshot: await shot(page, "caught-up-fixed") });
-    }
+    note("behind-fixed", { chosen: behindFix ?? null, text: await saveFile(page), screenshot: await shot(page, "behind-fixed") });
 
-    // 5. Restart from the command palette: a new server process, the old one gone, ready again.
+    // 5. A key typed into a flagged secret: the server withdraws the warning at once (its text
+    //    changed), and no fix is offered for it; once the server has re-diagnosed the line, the
+    //    fix takes the secret as it now reads.
+    await typeSecret(page);
+    await page.keyboard.type("Q");
+    await page.keyboard.press("Escape");
+    const edited = config.secret.slice(0, -2) + "Q" + config.secret.slice(-2);
+    const withdrawn = await until("the edited secret's warning to go", async () =>
+      !(await warnedLines(page)).includes(edited), 2000).catch(() => false);
+    const editedTitles = await quickFixTitles(page);
+    note("edited-menu", { titles: editedTitles, withdrawn, screenshot: await shot(page, "edited-quick-fix-menu") });
+    const editedFix = editedTitles.find(isFix);
+    if (editedFix) {
+      await chooseAction(page, editedTitles, editedFix);
+    } else {
+      await page.keyboard.press("Escape");
+    }
+    note("edited-unfixed", { chosen: editedFix ?? null, text: await saveFile(page), screenshot: await shot(page, "edited-no-fix") });
+    await until("the re-diagnosed warning", async () => {
+      const titles = await quickFixTitles(page);
+      const found = titles.find(isFix);
+      if (found) {
+        await chooseAction(page, titles, found);
+        return true;
+      }
+      await page.keyboard.press("Escape");
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      return false;
+    });
+    note("caught-up-fixed", { text: await saveFile(page), screenshot: await shot(page, "caught-up-fixed") });
+
+    // 6. Restart from the command palette: a new server process, the old one gone, ready again.
     const before = pids();
     await page.keyboard.press("F1");
     await page.keyboard.type("GPTBigCode: Restart Server");
