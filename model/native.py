@@ -510,14 +510,19 @@ def _attention_kernel(head_dim: int) -> Attention | None:
     lib = library("avx512")
     if lib is None or "avx512_bf16" not in cpu_flags() or head_dim not in ATTENTION_HEAD_DIMS:
         return None
-    fn = lib.mqa_decode_bf16
+    return _one_token_attention(lib.mqa_decode_bf16, head_dim, torch.bfloat16)
+
+
+def _one_token_attention(fn: Any, head_dim: int, dtype: torch.dtype) -> Attention:
+    """A native one-token multi-query attention entry point (`mqa_decode_*`) as an Attention,
+    its output in `dtype`."""
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
                ) -> torch.Tensor:
         heads, length = q.shape[0], k.shape[0]
         if k.stride() != v.stride() or k.stride(1) != 1 or v.shape[0] != length:
             raise ValueError("keys and values must share one row stride, unit along head_dim")
-        out = torch.empty(heads, head_dim, dtype=torch.bfloat16)
+        out = torch.empty(heads, head_dim, dtype=dtype)
         scratch = torch.empty(heads * (length + 1), dtype=torch.float32)
         rc = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), out.data_ptr(), heads,
                 length, head_dim, scale, scratch.data_ptr())
@@ -541,22 +546,7 @@ def fp32_attention_kernel(head_dim: int, isa: str | None = None) -> Attention | 
     lib = portable_library(name)
     if lib is None:
         return None
-    fn = lib.mqa_decode_f32
-
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
-               ) -> torch.Tensor:
-        heads, length = q.shape[0], k.shape[0]
-        if k.stride() != v.stride() or k.stride(1) != 1 or v.shape[0] != length:
-            raise ValueError("keys and values must share one row stride, unit along head_dim")
-        out = torch.empty(heads, head_dim, dtype=torch.float32)
-        scratch = torch.empty(heads * (length + 1), dtype=torch.float32)
-        rc = fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), out.data_ptr(), heads,
-                length, head_dim, scale, scratch.data_ptr())
-        if rc != 0:
-            raise ValueError(f"native attention refused head_dim {head_dim}, {length} positions")
-        return out
-
-    return attend
+    return _one_token_attention(lib.mqa_decode_f32, head_dim, torch.float32)
 
 
 # Fused block kinds: the model's activations and the kernel's function, per library.
@@ -667,3 +657,17 @@ def weight_storage(flags: frozenset[str] | None = None) -> torch.dtype:
 
 WEIGHTS_ENV = "GPTBIGCODE_NATIVE_WEIGHTS"
 WEIGHT_FORMATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def override(isa: str | None = None, weights: str | None = None) -> None:
+    """For this process and the processes it starts: the kernels' instruction set (refused
+    with IsaUnavailable where the CPU lacks it) and how an fp32 model's matrices are stored
+    (one of WEIGHT_FORMATS or "auto"); None leaves either as it is."""
+    if isa:
+        select_isa(isa)
+        os.environ[ISA_ENV] = isa
+    if weights:
+        if weights != "auto" and weights not in WEIGHT_FORMATS:
+            raise ValueError(f"native weight storage {weights!r} is not one of "
+                             f"{['auto', *WEIGHT_FORMATS]}")
+        os.environ[WEIGHTS_ENV] = weights

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
 import statistics
 import time
@@ -373,14 +372,10 @@ def main() -> None:
     parser.add_argument("--contexts", default="512,2048", help="for --kernels")
     parser.add_argument("--rounds", type=int, default=5, help="for --kernels")
     args = parser.parse_args()
-    if args.isa:
-        try:
-            native.select_isa(args.isa)
-        except native.IsaUnavailable as exc:
-            parser.error(str(exc))
-        os.environ[native.ISA_ENV] = args.isa
-    if args.weights:
-        os.environ[native.WEIGHTS_ENV] = args.weights
+    try:
+        native.override(args.isa, args.weights)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.kernels:
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -214,14 +214,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.keystrokes < 2 or args.full_every < 1:
         parser.error("--keystrokes must be at least 2 and --full-every at least 1")
-    if args.isa:
-        try:
-            native.select_isa(args.isa)
-        except native.IsaUnavailable as exc:
-            parser.error(str(exc))
-        os.environ[native.ISA_ENV] = args.isa
-    if args.weights:
-        os.environ[native.WEIGHTS_ENV] = args.weights
+    try:
+        native.override(args.isa, args.weights)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -149,6 +149,18 @@ async function chooseAction(page, titles, title) {
   await until("the menu to close", async () => !(await page.locator(".action-widget").isVisible()));
 }
 
+// Chooses the secret's fix if `titles` (the open menu's) list it, else closes the menu or
+// message; the title chosen, or null.
+async function applyFix(page, titles) {
+  const fix = titles.find(isFix);
+  if (fix) {
+    await chooseAction(page, titles, fix);
+  } else {
+    await page.keyboard.press("Escape");
+  }
+  return fix ?? null;
+}
+
 // The text of each editor line that has a warning squiggle: a squiggle is drawn in the line's
 // overlay, which sits at the same height as the line's text.
 async function warnedLines(page) {
@@ -231,13 +243,8 @@ async function run() {
     note("secret", { warned: await warnedLines(page), screenshot: await shot(page, "secret-warning") });
     const settledTitles = await quickFixTitles(page);
     note("settled-menu", { titles: settledTitles, screenshot: await shot(page, "quick-fix-menu") });
-    const fix = settledTitles.find(isFix);
-    if (fix) {
-      await chooseAction(page, settledTitles, fix);
-    } else {
-      await page.keyboard.press("Escape");
-    }
-    note("settled-fixed", { chosen: fix ?? null, text: await saveFile(page), screenshot: await shot(page, "fixed") });
+    const fix = await applyFix(page, settledTitles);
+    note("settled-fixed", { chosen: fix, text: await saveFile(page), screenshot: await shot(page, "fixed") });
 
     // 4. The fix while the warning is a version behind: a line typed above the secret moves
     //    the warning with its text (the editor moves it; the server re-diagnoses only after its
@@ -254,13 +261,8 @@ async function run() {
       (await warnedLines(page)).includes(config.secret), 2000).catch(() => false);
     const behindTitles = await quickFixTitles(page);
     note("behind-menu", { titles: behindTitles, warned: behindWarned, screenshot: await shot(page, "behind-quick-fix-menu") });
-    const behindFix = behindTitles.find(isFix);
-    if (behindFix) {
-      await chooseAction(page, behindTitles, behindFix);
-    } else {
-      await page.keyboard.press("Escape");
-    }
-    note("behind-fixed", { chosen: behindFix ?? null, text: await saveFile(page), screenshot: await shot(page, "behind-fixed") });
+    const behindFix = await applyFix(page, behindTitles);
+    note("behind-fixed", { chosen: behindFix, text: await saveFile(page), screenshot: await shot(page, "behind-fixed") });
 
     // 5. A key typed into a flagged secret: the server withdraws the warning at once (its text
     //    changed), and no fix is offered for it; once the server has re-diagnosed the line, the
@@ -273,21 +275,12 @@ async function run() {
       !(await warnedLines(page)).includes(edited), 2000).catch(() => false);
     const editedTitles = await quickFixTitles(page);
     note("edited-menu", { titles: editedTitles, withdrawn, screenshot: await shot(page, "edited-quick-fix-menu") });
-    const editedFix = editedTitles.find(isFix);
-    if (editedFix) {
-      await chooseAction(page, editedTitles, editedFix);
-    } else {
-      await page.keyboard.press("Escape");
-    }
-    note("edited-unfixed", { chosen: editedFix ?? null, text: await saveFile(page), screenshot: await shot(page, "edited-no-fix") });
+    const editedFix = await applyFix(page, editedTitles);
+    note("edited-unfixed", { chosen: editedFix, text: await saveFile(page), screenshot: await shot(page, "edited-no-fix") });
     await until("the re-diagnosed warning", async () => {
-      const titles = await quickFixTitles(page);
-      const found = titles.find(isFix);
-      if (found) {
-        await chooseAction(page, titles, found);
+      if (await applyFix(page, await quickFixTitles(page))) {
         return true;
       }
-      await page.keyboard.press("Escape");
       await new Promise((resolve) => setTimeout(resolve, 500));
       return false;
     });
