@@ -202,6 +202,9 @@ class GPTBigCodeServer(LanguageServer):
             "modelSteps": engine.get("modelSteps", 0),
             # The loaded model's calibrated minConfidence, suggestions hidden and cut by it.
             "confidence": engine.get("confidence"),
+            # The prompt budget: its tokens, what chose it (option, device, model), and the
+            # prefill rate measured at load that a device budget comes from.
+            "context": camel_keys(engine["context"]) if engine.get("context") else None,
             "requests": dict(requests.counts),
             "worker": camel_keys(asdict(self._worker.snapshot())) if self._worker else None,
             "options": as_json(self.options),

@@ -52,6 +52,9 @@ class Backend(Protocol):
     device: str  # where it runs: "cpu", "cuda:0", a server's address
     dtype: str  # the precision it computes in, e.g. "float32"
     n_positions: int
+    # Prompt tokens a second a full prefill computes at, measured at load; None where unknown
+    # (a remote engine) or not worth bounding (a GPU). Sizes the default context budget.
+    prefill_rate: float | None
 
     @property
     def tokenizer(self) -> PromptTokenizer: ...

@@ -27,8 +27,9 @@ class LocalBackend:
     """A model in this process. Not thread-safe: one inference worker calls it."""
 
     def __init__(self, model: GPTBigCodeForCausalLM, tokenizer: Tokenizer, decoder: Decoder,
-                 *, name: str = "") -> None:
+                 *, name: str = "", prefill_rate: float | None = None) -> None:
         self.model = model.eval()
+        self.prefill_rate = prefill_rate
         self.tokenizer = tokenizer
         self.decoder = decoder
         self.name = name or getattr(model, "name_or_path", "")

@@ -21,6 +21,12 @@ from .stops import clean_end, cut_at_stops, whole_characters
 # Tokens kept free beyond the document text: the three FIM tokens, and the tokens that
 # re-type the text partial-token repair took off the prompt.
 RESERVED_TOKENS = 3 + 16
+# Without a contextTokens option, a backend that reports its prefill rate (a CPU) gets a prompt
+# it computes from scratch in about this long (a file opened, a cursor moved far), at least
+# DEVICE_MIN_TOKENS, in steps of DEVICE_STEP_TOKENS; the model's positions bound it in any case.
+DEVICE_PREFILL_SECONDS = 2.0
+DEVICE_MIN_TOKENS = 512
+DEVICE_STEP_TOKENS = 256
 MiB = 1 << 20
 BUDGET_STOPS = frozenset({"max_tokens", "time", "context"})  # the model had not finished
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -38,6 +44,7 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.warnings: list[str] = []  # what the user should hear of how it was loaded
         self.gated = {"hidden": 0, "cut": 0}  # suggestions the confidence gate hid or cut
+        self.budget_source = "model"  # what chose the context budget: option, device, model
         self.builder = PromptBuilder(self.tokenizer, self._budget(self.settings))
         self.configure(self.settings)
 
@@ -64,8 +71,23 @@ class Engine:
     def _budget(self, settings: EngineSettings) -> ContextBudget:
         positions = self.backend.n_positions
         room = positions - min(settings.max_new_tokens, positions // 2) - RESERVED_TOKENS
-        wanted = settings.context_tokens or positions
-        return ContextBudget(tokens=max(8, min(wanted, room)))
+        device = self.device_tokens()
+        if settings.context_tokens is not None and settings.context_tokens <= room:
+            wanted, self.budget_source = settings.context_tokens, "option"
+        elif settings.context_tokens is None and device is not None and device < room:
+            wanted, self.budget_source = device, "device"
+        else:
+            wanted, self.budget_source = room, "model"
+        return ContextBudget(tokens=max(8, wanted))
+
+    def device_tokens(self) -> int | None:
+        """Prompt tokens the backend computes from scratch in DEVICE_PREFILL_SECONDS, or None
+        where it does not say how fast it is."""
+        rate = getattr(self.backend, "prefill_rate", None)
+        if not rate:
+            return None
+        steps = int(rate * DEVICE_PREFILL_SECONDS) // DEVICE_STEP_TOKENS
+        return max(DEVICE_MIN_TOKENS, steps * DEVICE_STEP_TOKENS)
 
     def layout(self) -> Layout:
         """SPM (or PSM with the cursor line last, when the settings ask for PSM) where the
@@ -88,6 +110,9 @@ class Engine:
             cache["window_moves"] = self.builder.window_moves
         report["layout"] = self.layout()
         report["confidence"] = {"calibrated": calibrated_threshold(self.name), **self.gated}
+        rate = getattr(self.backend, "prefill_rate", None)
+        report["context"] = {"tokens": self.builder.budget.tokens, "chosen_by": self.budget_source,
+                             "prefill_tokens_per_s": round(rate) if rate else None}
         return report
 
     # -- a request --------------------------------------------------------------------------
