@@ -202,16 +202,32 @@ def word_shaped(value: str) -> bool:
 
 # A package's published authors and maintainers: core metadata headers (PKG-INFO, METADATA)
 # and pyproject.toml's {name = ..., email = ...} tables.
-_PUBLISHED_CONTACT = re.compile(r"(?:Author|Maintainer)-email:|\{\s*name\s*=\s*\"[^\"\n]*\"\s*,"
-                                r"\s*email\s*=")
+# Where a package publishes its authors' and maintainers' addresses: core metadata's
+# Author-email / Maintainer-email, setup()'s author_email / maintainer_email (and constants
+# named so), pyproject.toml's inline {name = ..., email = ...} tables.
+_PUBLISHED_CONTACT = re.compile(
+    r"(?:Author|Maintainer)-email:|\{\s*name\s*=\s*[\"'][^\"'\n]*[\"']\s*,\s*email\s*="
+    r"|\b(?:author|maintainer)_email\b\s*[=:]", re.IGNORECASE)
+_METADATA_FILE = re.compile(r"Metadata-Version: \d")  # PKG-INFO, METADATA: all of it published
+_EMAIL_KEY = re.compile(r"\s*email\s*=")
+_AUTHORS_TABLE = re.compile(r"\s*\[\[?\s*project\.(?:authors|maintainers)\s*\]\]?\s*$")
 
 
 def published_contact(text: str, offset: int) -> bool:
     """Whether the address at offset is a package's published contact (its metadata's author or
-    maintainer): put there to be read, not personal data leaked into the code."""
+    maintainer, anywhere in a core metadata file): put there to be read, not personal data
+    leaked into the code."""
+    if _METADATA_FILE.match(text):
+        return True
     line_start = text.rfind("\n", 0, offset) + 1
-    return _PUBLISHED_CONTACT.match(text, line_start) is not None or bool(
-        _PUBLISHED_CONTACT.search(text[line_start:offset]))
+    if _PUBLISHED_CONTACT.match(text, line_start) is not None or _PUBLISHED_CONTACT.search(
+            text[line_start:offset]):
+        return True
+    if _EMAIL_KEY.match(text, line_start):  # `email = ...` under [[project.authors]]
+        for line in reversed(text[max(0, line_start - 2000) : line_start].splitlines()):
+            if line.lstrip().startswith("["):
+                return _AUTHORS_TABLE.match(line) is not None
+    return False
 
 
 def in_public_block(text: str, offset: int) -> bool:

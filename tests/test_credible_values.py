@@ -76,6 +76,28 @@ def test_published_maintainers_are_not_personal_data_leaks() -> None:
     assert not published_contact(line, line.index("jane@"))
 
 
+@pytest.mark.parametrize("text", [
+    # a core metadata file: its long description's credits are published too
+    "Metadata-Version: 2.1\nName: graphs\n\nCredits\n    Ann Smith <ann@lab.gov>\n",
+    "[project]\nname = 'graphs'\n\n[[project.authors]]\n"
+    "name = 'Ann Smith'\nemail = 'ann@lab.gov'\n",
+    "authors = [{ name = 'Ann Smith', email = 'ann@lab.gov' }]\n",
+    "AUTHOR_EMAIL = 'ann@lab.gov'\n",
+    "setup(name='graphs', author_email='ann@lab.gov')\n",
+])
+def test_the_forms_of_package_metadata_publish_their_contacts(text: str) -> None:
+    assert published_contact(text, text.index("ann@"))
+
+
+@pytest.mark.parametrize("text", [
+    "[tool.contacts]\nname = 'Ann Smith'\nemail = 'ann@lab.gov'\n",  # not the project's authors
+    "# Metadata-Version: 2.1 is what we write\nOWNER = 'ann@lab.gov'\n",
+    "notify(to='ann@lab.gov')\n",
+])
+def test_addresses_outside_package_metadata_stay_personal_data(text: str) -> None:
+    assert not published_contact(text, text.index("ann@"))
+
+
 def tagged_as(text: str, offsets: list[tuple[int, int]], tags: list[str]) -> torch.Tensor:
     probs = torch.zeros(len(offsets), len(LABELS))
     for t, tag in enumerate(tags):

@@ -202,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = DiagnosticsModel.from_pretrained(args.model)
     if args.tag_window is not None:
         model.settings.tag_window = args.tag_window
+    evaluate_real.apply_thresholds(model, args.thresholds)
     tok = load_tokenizer(args.model)
     corpus = load_corpus(args.data)
     samples = generate(args.seed, args.samples, corpus.held_out, split="eval")

@@ -55,11 +55,43 @@ def ours(model: DiagnosticsModel, tok: Tokenizer, text: str) -> list[Entity]:
     return find_entities(model, tok, text)
 
 
+def parse_thresholds(spec: str) -> dict[str, float]:
+    """`LABEL=VALUE,...` (e.g. `KEY=0.5,PASSWORD=0.6`) as a dict; a clear error on bad input."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        label, sep, value = part.partition("=")
+        if not sep or label not in (*ENTITY_TYPES, "BUG"):
+            raise ValueError(f"--thresholds: {part!r} is not LABEL=VALUE with LABEL one of "
+                             f"{', '.join((*ENTITY_TYPES, 'BUG'))}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"--thresholds: {value!r} for {label} is not a number") from None
+        if not 0 <= number <= 1:
+            raise ValueError(f"--thresholds: {label}={number} is outside [0, 1]")
+        out[label] = number
+    return out
+
+
+def thresholds_argument(spec: str) -> dict[str, float]:
+    try:
+        return parse_thresholds(spec)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def apply_thresholds(model: DiagnosticsModel, thresholds: dict[str, float] | None) -> None:
+    """Override the model's per-label thresholds (from config.json) with `--thresholds`."""
+    if thresholds:
+        model.settings.thresholds = {**model.settings.thresholds, **thresholds}
+
+
 # -- findings per MB ------------------------------------------------------------------------
 
 
 def false_alarm_table(model: DiagnosticsModel, tok: Tokenizer, files: Sequence[realcode.RealFile],
-                      show: int) -> dict[str, object]:
+                      show: int, dump: list[dict[str, object]] | None = None
+                      ) -> dict[str, object]:
     """Findings per MB per kind and label, ours and detect-secrets'; `show` prints the first
     findings of ours with their text (released code, to read what is flagged)."""
     nbytes: Counter[str] = Counter()
@@ -70,6 +102,10 @@ def false_alarm_table(model: DiagnosticsModel, tok: Tokenizer, files: Sequence[r
         nbytes[f.kind] += f.nbytes
         for e in ours(model, tok, f.text):
             counts[f"{f.kind}:{e.label}"] += 1
+            if dump is not None:
+                dump.append({"set": "real", "package": f.package, "path": f.path,
+                             "kind": f.kind, "label": e.label, "score": e.score,
+                             "text": f.text[e.start:e.end][:80]})
             if shown < show:
                 line = f.text.count("\n", 0, e.start) + 1
                 print(f"  {f.package}/{f.path}:{line} {e.label} {e.score:.2f} "
@@ -107,8 +143,8 @@ def false_alarm_table(model: DiagnosticsModel, tok: Tokenizer, files: Sequence[r
 # -- planted recall -------------------------------------------------------------------------
 
 
-def planted_recall(model: DiagnosticsModel, tok: Tokenizer, planted: Sequence[PlantedFile]
-                   ) -> dict[str, object]:
+def planted_recall(model: DiagnosticsModel, tok: Tokenizer, planted: Sequence[PlantedFile],
+                   dump: list[dict[str, object]] | None = None) -> dict[str, object]:
     """Share of planted values found: by ours with the right label (a finding overlapping the
     value), by ours with any secret label, and by detect-secrets (a finding on its first
     line); per format and per depth in the file (quarters); other findings in those files."""
@@ -128,12 +164,18 @@ def planted_recall(model: DiagnosticsModel, tok: Tokenizer, planted: Sequence[Pl
                            if e.start < plant.end and plant.start < e.end]
             right = [i for i in overlapping if found[i].label == plant.label]
             used.update(overlapping)
+            if dump is not None:
+                dump.append({"set": "planted", "format": plant.format, "label": plant.label,
+                             "found": [[found[i].label, found[i].score] for i in overlapping]})
             for key in ("all", plant.format, quarter):
                 totals[key] += 1
                 hits[f"{key}:label"] += bool(right)
                 hits[f"{key}:any"] += any(found[i].label in SECRET_LABELS for i in overlapping)
                 hits[f"{key}:detect-secrets"] += plant.line in their_lines
         others += len(found) - len(used)
+        if dump is not None:
+            dump.extend({"set": "planted-other", "label": e.label, "score": e.score}
+                        for i, e in enumerate(found) if i not in used)
     table = {key: {kind: hits[f"{key}:{kind}"] / totals[key]
                    for kind in ("label", "any", "detect-secrets")} | {"planted": totals[key]}
              for key in totals}
@@ -176,15 +218,22 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     model = DiagnosticsModel.from_pretrained(args.model)
     if args.tag_window is not None:
         model.settings.tag_window = args.tag_window
+    apply_thresholds(model, args.thresholds)
     tok = load_tokenizer(args.model)
     every = realcode.load(args.split, args.cache)
     files = realcode.load(args.split, args.cache, False, int(args.kb_per_package * 1000))
     packages = sorted({f.package for f in files})
-    alarms = false_alarm_table(model, tok, files, args.show)
+    dump: list[dict[str, object]] | None = [] if args.dump_scores else None
+    alarms = false_alarm_table(model, tok, files, args.show, dump)
     planted = planted_files(every, args.seed, args.per_format)
-    recall = planted_recall(model, tok, planted)
+    recall = planted_recall(model, tok, planted, dump)
+    if args.dump_scores and dump is not None:
+        with open(args.dump_scores, "w", encoding="utf-8") as handle:
+            for row in dump:
+                handle.write(json.dumps(row) + "\n")
     return {"model": str(args.model), "split": args.split, "packages": packages,
-            "tag_window": model.tag_window, "false_alarms": alarms, "planted": recall}
+            "tag_window": model.tag_window, "thresholds": model.settings.thresholds,
+            "false_alarms": alarms, "planted": recall}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -199,6 +248,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--show", type=int, default=0, help="print the text of the first N findings")
     p.add_argument("--tag-window", type=int, default=None,
                    help="tokens per tagging window (default: the model's, from its config)")
+    p.add_argument("--thresholds", type=thresholds_argument, default=None,
+                   metavar="LABEL=VALUE,...",
+                   help="per-label thresholds in place of the model's (e.g. KEY=0.5,PASSWORD=0.6; "
+                        "labels not named keep theirs)")
+    p.add_argument("--dump-scores", type=Path, default=None, metavar="PATH",
+                   help="(--real) write one JSON line per finding on released code and per "
+                        "planted credential (with the labels and scores of what overlaps it), "
+                        "to choose thresholds from")
 
 
 def main(args: argparse.Namespace) -> None:
