@@ -4,16 +4,18 @@ line, hiding a suggestion the model was unsure of and cutting one where it becam
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from lsp_server.engine.confidence import (
-    CALIBRATED,
+    CALIBRATION_FILE,
     Scored,
     calibrated_threshold,
     gate,
     line_scores,
 )
+from model.checkpoint import DEFAULT_MODEL_DIR
 
 SURE, UNSURE = math.log(0.9), math.log(0.05)
 
@@ -80,6 +82,14 @@ def test_leading_line_breaks_are_judged_with_the_first_line_after_them() -> None
     assert gate("\n    return", found, 0.5)[0] == "\n    return"
 
 
-def test_only_the_packaged_model_has_a_calibrated_threshold() -> None:
-    assert 0 < calibrated_threshold("default") == CALIBRATED["default"] < 1
-    assert calibrated_threshold("/some/other/checkpoint") == 0.0
+def test_the_calibrated_threshold_lives_beside_the_weights(tmp_path: Path) -> None:
+    """The packaged model's, found by its folder however the options name it; a checkpoint
+    without one is not gated; a broken one is an error naming the file."""
+    assert 0 < calibrated_threshold(DEFAULT_MODEL_DIR) < 1
+    assert calibrated_threshold(tmp_path) == 0.0
+    (tmp_path / CALIBRATION_FILE).write_text('{"min_confidence": 1.5}')
+    with pytest.raises(ValueError, match=r"calibration\.json: min_confidence must be"):
+        calibrated_threshold(tmp_path)
+    (tmp_path / CALIBRATION_FILE).write_text("{")
+    with pytest.raises(ValueError, match="no readable min_confidence"):
+        calibrated_threshold(tmp_path)

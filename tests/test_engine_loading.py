@@ -89,3 +89,12 @@ def test_loading_on_the_cpu_measures_the_prefill_rate() -> None:
     assert context["prefill_tokens_per_s"] > 0
     assert context["chosen_by"] in ("device", "model")
     assert 512 <= context["tokens"] <= 1024
+
+
+def test_the_packaged_model_is_gated_by_path_as_by_name() -> None:
+    from model.checkpoint import DEFAULT_MODEL_DIR
+
+    by_name = loading.load_engine(ModelChoice(name="default", device="cpu"))
+    by_path = loading.load_engine(ModelChoice(name=str(DEFAULT_MODEL_DIR), device="cpu"))
+    assert 0 < by_name.calibrated_confidence == by_path.calibrated_confidence < 1
+    assert by_path.status()["confidence"]["calibrated"] == by_name.calibrated_confidence

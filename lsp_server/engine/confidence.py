@@ -4,19 +4,31 @@ at the first later line that does."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-# The thresholds calibrated per model (tests/bench/calibrate_confidence.py, on packages held
-# apart from the acceptance harness' evaluation places). A model without an entry is not
-# gated: its probabilities mean something else.
-CALIBRATED: dict[str, float] = {"default": 0.42}
+# A checkpoint's calibrated minConfidence lives beside its weights, in this file
+# ({"min_confidence": x}, written from tests/bench/calibrate_confidence.py, on packages held
+# apart from the acceptance harness' evaluation places). A model without one is not gated:
+# its probabilities mean something else.
+CALIBRATION_FILE = "calibration.json"
 
 
-def calibrated_threshold(model_name: str) -> float:
-    """The threshold calibrated for a model (by the name the options load it by), else 0."""
-    return CALIBRATED.get(model_name, 0.0)
+def calibrated_threshold(folder: Path) -> float:
+    """The minConfidence calibrated for the checkpoint in `folder`, else 0 (no gate)."""
+    path = folder / CALIBRATION_FILE
+    if not path.is_file():
+        return 0.0
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["min_confidence"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: no readable min_confidence ({exc})") from None
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{path}: min_confidence must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from model.decoders import DecodePathUnavailable, Decoder, make_decoder
 from model.hardware import auto_dtype
 from model.quantize import quantize_int8
 
+from .confidence import calibrated_threshold
 from .local import LocalBackend
 from .pipeline import Engine
 from .requests import EngineSettings, ModelChoice
@@ -83,6 +84,7 @@ def load_engine(
     report("indexing the vocabulary")
     backend = LocalBackend(model, tokenizer, decoder, name=choice.name, prefill_rate=rate)
     engine = Engine(backend, settings)
+    engine.calibrated_confidence = calibrated_threshold(folder)
     engine.warnings = warnings
     return engine
 

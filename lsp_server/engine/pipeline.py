@@ -12,7 +12,7 @@ from typing import Any
 from cache import ContextBudget, Layout, PromptBuilder
 
 from .backend import Backend, TokenStream
-from .confidence import Scored, calibrated_threshold, gate
+from .confidence import Scored, gate
 from .postprocess import Syntax, postprocess, syntax_for, wants_single_line
 from .repair import split_unstable_tail
 from .requests import Completion, CompletionRequest, EngineSettings, GenerationParams
@@ -44,6 +44,8 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.warnings: list[str] = []  # what the user should hear of how it was loaded
         self.gated = {"hidden": 0, "cut": 0}  # suggestions the confidence gate hid or cut
+        # minConfidence when the option leaves it to the model (its calibration.json; 0: none)
+        self.calibrated_confidence = 0.0
         self.budget_source = "model"  # what chose the context budget: option, device, model
         self.builder = PromptBuilder(self.tokenizer, self._budget(self.settings))
         self.configure(self.settings)
@@ -109,7 +111,7 @@ class Engine:
         if isinstance(cache, dict):
             cache["window_moves"] = self.builder.window_moves
         report["layout"] = self.layout()
-        report["confidence"] = {"calibrated": calibrated_threshold(self.name), **self.gated}
+        report["confidence"] = {"calibrated": self.calibrated_confidence, **self.gated}
         rate = getattr(self.backend, "prefill_rate", None)
         report["context"] = {"tokens": self.builder.budget.tokens, "chosen_by": self.budget_source,
                              "prefill_tokens_per_s": round(rate) if rate else None}
@@ -198,7 +200,7 @@ class Engine:
             return shown, None
         threshold = params.min_confidence
         if threshold is None:
-            threshold = calibrated_threshold(self.name)
+            threshold = self.calibrated_confidence
         pieces = [self.tokenizer.decode_bytes([token]) for token in ids]
         scored = Scored.from_tokens(pieces, logprobs, skip=skip)
         kept, confidence = gate(_LINE_BREAK.sub("\n", shown), scored, threshold)

@@ -8,8 +8,9 @@ for each threshold, what the gate would leave shown.
 
 The chosen threshold is the lowest one at which the junk rate of the shown suggestions (see
 accept.py) is at most --junk-target with 90% confidence (the one-sided upper Wilson bound,
-since a few dozen suggestions are shown): the gate hides as little as that allows. Put it in
-confidence.CALIBRATED under the model's name. Prints a table and one JSON line.
+since a few dozen suggestions are shown): the gate hides as little as that allows. Write it to
+the checkpoint folder's calibration.json ({"min_confidence": x}), where the server reads it.
+Prints a table and one JSON line.
 """
 
 from __future__ import annotations
