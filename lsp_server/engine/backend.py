@@ -3,7 +3,7 @@ out, usage and timings back; in-process (local.py) or a serving engine over HTTP
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from cache import TextTokenizer
@@ -46,7 +46,10 @@ class TokenStream(Protocol):
 class Backend(Protocol):
     """Runs prompts for the pipeline. `key` names the document and layout whose cached
     prompt the new one most likely extends (a backend without per-document state may
-    ignore it). `retype`: bytes the generation must start with (partial-token repair)."""
+    ignore it). `retype`: bytes the generation must start with (partial-token repair).
+    `cancelled` is polled while the backend waits (a remote engine's first token), so a
+    superseded request ends without waiting for its next token; the stream then ends with
+    finish "cancelled"."""
 
     name: str
     device: str  # where it runs: "cpu", "cuda:0", a server's address
@@ -60,7 +63,8 @@ class Backend(Protocol):
     def tokenizer(self) -> PromptTokenizer: ...
 
     def generate(self, key: tuple[str, str], ids: Sequence[int], params: GenerationParams,
-                 retype: bytes = b"") -> TokenStream: ...
+                 retype: bytes = b"", cancelled: Callable[[], bool] | None = None
+                 ) -> TokenStream: ...
 
     def set_cache_budget(self, nbytes: int) -> None: ...
 

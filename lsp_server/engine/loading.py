@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from model import GPTBigCodeForCausalLM, KVCache, Tokenizer
+from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, KVCache, Tokenizer
 from model.checkpoint import parse_dtype, resolve_checkpoint
 from model.decoders import DecodePathUnavailable, Decoder, make_decoder
 from model.hardware import auto_dtype
@@ -18,6 +18,7 @@ from model.quantize import quantize_int8
 from .confidence import calibrated_threshold
 from .local import LocalBackend
 from .pipeline import Engine
+from .remote import EngineError, RemoteBackend
 from .requests import EngineSettings, ModelChoice
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,10 @@ def load_engine(
     report: Callable[[str], None] = lambda _: None,
 ) -> Engine:
     """Read the checkpoint and its tokenizer, choose the decode path, index the vocabulary
-    and warm the model up. `report` hears each stage (for $/progress)."""
+    and warm the model up; or, for a serving engine, the tokenizer alone and the engine
+    checked. `report` hears each stage (for $/progress)."""
+    if choice.engine.kind != "local":
+        return load_remote_engine(choice, settings, report)
     report(f"reading {choice.name}")
     device = resolve_device(choice.device)
     folder = resolve_checkpoint(choice.name)
@@ -83,6 +87,33 @@ def load_engine(
     rate = prefill_rate(model, decoder) if model.device.type == "cpu" else None
     report("indexing the vocabulary")
     backend = LocalBackend(model, tokenizer, decoder, name=choice.name, prefill_rate=rate)
+    engine = Engine(backend, settings)
+    engine.calibrated_confidence = calibrated_threshold(folder)
+    engine.warnings = warnings
+    return engine
+
+
+def load_remote_engine(
+    choice: ModelChoice,
+    settings: EngineSettings | None = None,
+    report: Callable[[str], None] = lambda _: None,
+) -> Engine:
+    """The model folder's tokenizer and config (no weights) in front of a serving engine. An
+    engine that does not answer yet is not an error: the load succeeds with a warning, and
+    requests come back empty until it answers; a bad engine option is (EngineConfigError)."""
+    report(f"reading the tokenizer of {choice.name}")
+    folder = resolve_checkpoint(choice.name)
+    tokenizer = Tokenizer.from_pretrained(folder)
+    config = GPTBigCodeConfig.from_pretrained(folder)
+    backend = RemoteBackend(choice.engine, tokenizer, config.n_positions, config.eos_token_ids,
+                            name=choice.name)
+    report(f"checking the engine at {backend.endpoint.address}")
+    warnings = []
+    try:
+        backend.verify()
+    except EngineError as error:
+        backend.failed(str(error))
+        warnings.append(f"{error}; completions are empty until it answers")
     engine = Engine(backend, settings)
     engine.calibrated_confidence = calibrated_threshold(folder)
     engine.warnings = warnings

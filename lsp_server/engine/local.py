@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -43,7 +43,8 @@ class LocalBackend:
         self.model_steps = 0  # forward passes of all requests, counted as they run
 
     def generate(self, key: tuple[str, str], ids: Sequence[int], params: GenerationParams,
-                 retype: bytes = b"") -> LocalStream:
+                 retype: bytes = b"", cancelled: Callable[[], bool] | None = None
+                 ) -> LocalStream:
         return LocalStream(self, key, ids, params, retype)
 
     def prefill(self, session: CacheSession, ids: Sequence[int], usage: Usage) -> Prefill:
@@ -68,9 +69,10 @@ class LocalBackend:
         usage.steps += 1
         self.model_steps += 1
 
-    def pick(self, logits: torch.Tensor, retype: bytes, params: GenerationParams) -> int | None:
+    def pick(self, logits: torch.Tensor, retype: bytes, params: GenerationParams,
+             generator: torch.Generator | None = None) -> int | None:
         """The next token: the model's choice, among the tokens that re-type `retype` while
-        there is some left; None when no token can."""
+        there is some left; None when no token can. Sampling draws from `generator`."""
         if retype:
             allowed = self.index.allowed(retype)
             if not allowed:
@@ -84,7 +86,7 @@ class LocalBackend:
         if params.temperature <= 0:
             return int(logits.argmax())
         token = sample(logits.float()[None], do_sample=True, temperature=params.temperature,
-                       top_p=params.top_p)
+                       top_p=params.top_p, generator=generator)
         return int(token.item())
 
     def logprob(self, logits: torch.Tensor, token: int) -> float:
@@ -159,8 +161,11 @@ class LocalStream:
     def _generate(self, session: CacheSession) -> Iterator[int]:
         backend, params, retype = self.backend, self.params, self.retype
         logits = backend.prefill(session, self.ids, self.usage).next_token_logits
+        generator = None
+        if params.seed is not None:  # a seeded request samples the same tokens every time
+            generator = torch.Generator(logits.device).manual_seed(params.seed)
         while True:
-            token = backend.pick(logits, retype, params)
+            token = backend.pick(logits, retype, params, generator)
             if token is None:
                 self.finish = "repair"
                 return

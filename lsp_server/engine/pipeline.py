@@ -141,7 +141,7 @@ class Engine:
                               total_ms=_since(started))
         retype = typed.encode()
         single_line = wants_single_line(request.suffix)
-        stream = self.backend.generate(prompt.key, prompt.ids, params, retype)
+        stream = self.backend.generate(prompt.key, prompt.ids, params, retype, cancelled)
         ids: list[int] = []
         data = bytearray()
         retyped = 0  # tokens generated to re-type the text the prompt left out

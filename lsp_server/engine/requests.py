@@ -48,6 +48,9 @@ class GenerationParams:
     # Suggestions (and their later lines) that score below this are not shown (a score in
     # [0, 1] from the token probabilities); None: the threshold calibrated for the model.
     min_confidence: float | None = None
+    # Where sampling's random numbers come from: a seed of their own for this generation (so
+    # the same request samples the same text), or None: the process's random stream.
+    seed: int | None = None
 
     @classmethod
     def from_options(cls, options: Any) -> GenerationParams:
@@ -72,6 +75,25 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class RemoteEngine:
+    """Where generation runs: "local" (in this process) or a serving engine at `url`: "vllm"
+    (vLLM's OpenAI-compatible server), "llamacpp" (llama.cpp's llama-server) or "openai" (any
+    server with OpenAI's /v1/completions). `model`: the engine's name for the model ("": the
+    one it serves); `api_key_env`: the environment variable holding the API key."""
+
+    kind: str = "local"
+    url: str = ""
+    model: str = ""
+    api_key_env: str = ""
+    timeout_ms: int = 10_000
+
+    @classmethod
+    def from_options(cls, options: Any) -> RemoteEngine:
+        return cls(options.kind, options.url, options.model, options.api_key_env,
+                   options.timeout_ms)
+
+
+@dataclass(frozen=True)
 class ModelChoice:
     """Which model to load, where, in what precision and on which decode path, as the
     options name them ("auto" resolved at load)."""
@@ -81,11 +103,13 @@ class ModelChoice:
     dtype: str = "auto"
     quantize: str = "none"  # "int8": int8 weights (blocks and lm_head), activations in dtype
     decode_path: str = "auto"  # model.decoders.DECODE_PATHS
+    engine: RemoteEngine = RemoteEngine()  # where generation runs; the model folder gives
+    # the tokenizer (and, for "local", the weights)
 
     @classmethod
     def from_options(cls, options: Any) -> ModelChoice:
         return cls(options.model, options.device, options.dtype, options.quantize,
-                   options.decode_path)
+                   options.decode_path, RemoteEngine.from_options(options.engine))
 
 
 @dataclass(frozen=True)
