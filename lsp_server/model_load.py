@@ -53,6 +53,9 @@ async def load_model(ls: GPTBigCodeServer) -> None:
     if attempt != model.loads:
         return
     model.state, model.engine = "ready", engine
+    backend = engine.backend
+    if hasattr(backend, "on_fault"):  # a serving engine: its faults and recovery, once each
+        backend.on_fault = lambda message: loop.call_soon_threadsafe(_engine_fault, ls, message)
     current = EngineSettings.from_options(ls.options)
     if current != settings:  # the options changed while it loaded
         ls.worker.submit(lambda _: engine.configure(current))
@@ -61,6 +64,15 @@ async def load_model(ls: GPTBigCodeServer) -> None:
     _end_progress(ls, token, message)
     if engine.warnings:
         ls.warn(engine.warnings)
+
+
+def _engine_fault(ls: GPTBigCodeServer, message: str | None) -> None:
+    if message is None:
+        kind, text = types.MessageType.Info, "gptbigcode: the engine answers again"
+    else:
+        kind = types.MessageType.Warning
+        text = f"gptbigcode: {message}; completions are empty until it answers"
+    ls.window_show_message(types.ShowMessageParams(type=kind, message=text))
 
 
 def _load_failed(ls: GPTBigCodeServer, name: str, error: Exception, token: str | None) -> None:

@@ -118,7 +118,8 @@ class Completion:
 
     text: str
     generated: str = ""  # the model's text after the cursor, before post-processing
-    # eos, special, stop, newline, repetition, max_tokens, context, time, cancelled
+    # eos, special, stop, newline, repetition, max_tokens, context, time, cancelled, error (the
+    # serving engine failed: nothing is shown)
     stop_reason: str = ""
     layout: str = ""
     prompt_tokens: int = 0

@@ -170,12 +170,14 @@ class LlamaServer:
     """llama-server on loopback for the duration of a `with` block."""
 
     def __init__(self, gguf: Path, *, ctx: int = 2048, threads: int = 1, variant: str = "native",
+                 port: int | None = None, slots: int = 1, api_key: str | None = None,
                  extra: list[str] | None = None, log: Path | None = None) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [str(server_binary(variant)), "-m", str(gguf), "--host", "127.0.0.1",
                         "--port", str(self.port), "-c", str(ctx), "-t", str(threads), "-tb",
-                        str(threads), "-np", "1", "--no-webui", *(extra or [])]
+                        str(threads), "-np", str(slots), "--no-webui", "--metrics",
+                        *(["--api-key", api_key] if api_key else []), *(extra or [])]
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -192,6 +194,9 @@ class LlamaServer:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
                     if json.load(r).get("status") == "ok":
                         return self
+            except urllib.error.HTTPError as error:
+                if error.code == 401:  # up, and asking for the key
+                    return self
             except (urllib.error.URLError, OSError, ValueError):
                 pass
             time.sleep(0.2)
