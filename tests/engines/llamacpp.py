@@ -226,11 +226,13 @@ def main() -> None:
     c.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16"])
     args = parser.parse_args()
     if args.command == "install":
-        reason = why_not_buildable()
-        if reason and args.soft:
-            print(reason, file=sys.stderr)
-            return
-        print(install(args.variant))
+        try:
+            print(install(args.variant))
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
+            if not args.soft:
+                raise
+            print(f"llama-server could not be built ({error}): its tests will skip",
+                  file=sys.stderr)
     else:
         print(convert(args.model_dir, args.outtype))
 

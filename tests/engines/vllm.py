@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from tests.engines.llamacpp import free_port
+from .llamacpp import free_port
 
 VERSION = "0.32.0"
 TORCH = "torch==2.13.0"
@@ -73,7 +73,11 @@ class VllmServer:
                         "--model", str(model_dir), "--served-model-name", served_name,
                         "--host", "127.0.0.1", "--port", str(self.port),
                         "--dtype", "float32", "--enforce-eager", "--enable-prefix-caching",
-                        "--max-model-len", str(max_len), "--enable-prompt-tokens-details"]
+                        "--max-model-len", str(max_len), "--enable-prompt-tokens-details",
+                        # Prefix caching reuses whole blocks: small ones keep a keystroke's
+                        # prompt nearly all cached (the CPU backend defaults to 128
+                        # and takes multiples of 32).
+                        "--block-size", "32"]
         if api_key:
             self.command += ["--api-key", api_key]
         self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
@@ -116,12 +120,19 @@ class VllmServer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("install", help="install vLLM's CPU build into its cached venv")
+    i = sub.add_parser("install", help="install vLLM's CPU build into its cached venv")
+    i.add_argument("--soft", action="store_true",
+                   help="where it cannot be installed, say why and exit 0 (the tests then skip)")
     s = sub.add_parser("serve", help="serve a model folder until interrupted")
     s.add_argument("model_dir", type=Path)
     args = parser.parse_args()
     if args.command == "install":
-        print(install())
+        try:
+            print(install())
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
+            if not args.soft:
+                raise
+            print(f"vLLM could not be installed ({error}): its tests will skip", file=sys.stderr)
     else:
         with VllmServer(args.model_dir) as server:
             print(json.dumps({"url": server.url}), flush=True)
