@@ -21,14 +21,19 @@ Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 Quantize = Literal["none", "int8"]
 FimLayout = Literal["auto", "spm", "psm"]
 DecodePath = Literal["auto", "torch", "inductor", "native", "cuda-graph"]
+EngineKind = Literal["local", "vllm", "llamacpp", "openai"]
 DECODE_PATHS: tuple[str, ...] = get_args(DecodePath)
 Check = Callable[[Any], "str | None"]  # why a well-typed value is still invalid, or None
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
-def _option(default: Any = MISSING, *, factory: Any = MISSING, check: Check | None = None) -> Any:
-    return field(default=default, default_factory=factory, metadata={"check": check})
+def _option(default: Any = MISSING, *, factory: Any = MISSING, check: Check | None = None,
+            secret: bool = False) -> Any:
+    """A field with its check; `secret`: a rejected value is never repeated in a message (a
+    key pasted where its variable's name belongs)."""
+    return field(default=default, default_factory=factory,
+                 metadata={"check": check, "secret": secret})
 
 
 def _at_least(low: float) -> Check:
@@ -57,6 +62,10 @@ def _probability(value: float) -> str | None:
     return None if 0.0 <= value <= 1.0 else "must be in [0, 1]"
 
 
+def _between(low: int, high: int) -> Check:
+    return lambda value: None if low <= value <= high else f"must be in {low}..{high}"
+
+
 @dataclass(kw_only=True)
 class DiagnosticsOptions:
     """Diagnostics from the classification heads (secrets, personal data, likely bugs)."""
@@ -72,6 +81,35 @@ class DiagnosticsOptions:
     bug_threshold: float | None = _option(None, check=_probability)
     debounce_ms: int = _option(400, check=_at_least(0))  # after the last edit
     max_chars: int = _option(1_000_000, check=_at_least(0))  # larger documents are skipped
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: str) -> str | None:
+    if not value or _ENV_NAME.fullmatch(value):
+        return None
+    return "must be the name of an environment variable (the key itself is never an option)"
+
+
+def _engine_url(value: str) -> str | None:
+    if not value or re.match(r"https?://[^/?#\s]+", value):
+        return None
+    return "must be an http:// or https:// URL"
+
+
+@dataclass(kw_only=True)
+class EngineOptions:
+    """Where generation runs: in this process, or on a shared serving engine. The model option
+    still names the model's folder: its tokenizer (and calibration) are used here."""
+
+    kind: EngineKind = "local"  # "vllm", "llamacpp" (llama-server), "openai": /v1/completions
+    url: str = _option("", check=_engine_url)  # e.g. "http://127.0.0.1:8000"
+    model: str = ""  # the engine's name for the model; "": the one it serves
+    # The environment variable holding the API key: sent only over https, or over http to
+    # this machine; never logged. "": no key.
+    api_key_env: str = _option("", check=_env_name, secret=True)
+    timeout_ms: int = _option(10_000, check=_at_least(100))  # connect, and between tokens
 
 
 @dataclass(kw_only=True)
@@ -97,13 +135,19 @@ class Options:
     fim_layout: FimLayout = "auto"
     stop: list[str] = _option(factory=list, check=_stop_strings)  # a single string is one
     debounce_ms: int = _option(50, check=_at_least(0))
-    time_budget_ms: int = _option(2000, check=_at_least(1))  # per generation
+    time_budget_ms: int = _option(2000, check=_at_least(1))  # per request, all candidates
     # Hide a suggestion whose first line the model was less sure of than this (a score in
     # [0, 1] from its token probabilities, engine/confidence.py), and cut one before a later
     # line that scores below it. None: the value calibrated for the loaded model (the
     # packaged one's; 0, no gate, for other models).
     min_confidence: float | None = _option(None, check=_probability)
+    # Suggestions per request (the engine's MAX_CANDIDATES at most): the first is the one a
+    # single suggestion would be, the others samples of the same prompt (decode steps only),
+    # each passing the same gate, repeats dropped. An inline request the user invoked
+    # (VS Code's next / previous suggestion) gets at least INVOKED_CANDIDATES.
+    candidates: int = _option(1, check=_between(1, 8))
     cache_budget_mb: int = _option(1024, check=_at_least(0))  # KV cache, all documents
+    engine: EngineOptions = _option(factory=EngineOptions)
     diagnostics: DiagnosticsOptions = _option(factory=DiagnosticsOptions)
 
 
@@ -279,6 +323,8 @@ def _merge_value(
         problem = str(err)
     if problem is None:
         return new, []
+    if spec.metadata.get("secret"):
+        return old, [f"{name}: the value given is invalid ({problem}); using {old!r}"]
     return old, [f"{name}: {shorten(repr(value), 60)} is invalid ({problem}); using {old!r}"]
 
 

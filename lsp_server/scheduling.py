@@ -14,10 +14,16 @@ from typing import Any
 
 from .documents import Document
 from .engine import Completion, CompletionRequest, Engine, GenerationParams
+from .engine.candidates import Candidates, complete_many
 from .options import Options
 from .worker import InferenceWorker, Job
 
 log = logging.getLogger(__name__)
+
+# Candidates for an inline request the user invoked (LSP's InlineCompletionTriggerKind.Invoked:
+# VS Code sends one when asked for the next or previous suggestion, to cycle through), when the
+# candidates option asks for fewer.
+INVOKED_CANDIDATES = 3
 
 
 async def debounce(
@@ -40,7 +46,7 @@ class Pending:
 
     task: asyncio.Task[Any] | None
     superseded: asyncio.Future[None]
-    job: Job[Completion] | None = None
+    job: Job[Candidates] | None = None
 
     def supersede(self) -> None:
         if not self.superseded.done():
@@ -51,22 +57,23 @@ class Pending:
 
 @dataclass(frozen=True)
 class Shown:
-    """The last suggestion shown for a document, at the text around the cursor then."""
+    """The last suggestions shown for a document (best first), at the text around the cursor
+    then."""
 
     prefix: str
     suffix: str
-    text: str
+    texts: tuple[str, ...]
 
-    def rest(self, prefix: str, suffix: str) -> str | None:
-        """Type-through: the rest of the suggestion when the text after the cursor is unchanged
-        and the text before it is the old one plus a start of the suggestion; None when
-        typing left it."""
+    def rest(self, prefix: str, suffix: str) -> list[str] | None:
+        """Type-through: the rests of the suggestions that the text typed since is a start of
+        (in their order), when the text after the cursor is unchanged and the text before it
+        is the old one plus what was typed; None when typing left them all."""
         if suffix != self.suffix or not prefix.startswith(self.prefix):
             return None
         typed = prefix[len(self.prefix) :]
-        if len(typed) >= len(self.text) or not self.text.startswith(typed):
-            return None
-        return self.text[len(typed) :]
+        rests = [text[len(typed) :] for text in self.texts
+                 if len(typed) < len(text) and text.startswith(typed)]
+        return rests or None
 
 
 @dataclass(eq=False)
@@ -125,9 +132,11 @@ class CompletionScheduler:
         kind: str,
         engine: Engine | None,
         options: Options,
-    ) -> str | None:
-        """The suggestion at `offset`, or None. Latest wins per document: this request
-        supersedes an older one, which answers first, with nothing."""
+        invoked: bool = False,
+    ) -> list[str] | None:
+        """The suggestions at `offset`, best first ([] for none), or None when the request was
+        not answered. Latest wins per document: this request supersedes an older one, which
+        answers first, with nothing. `invoked`: the user asked (see INVOKED_CANDIDATES)."""
         started = time.perf_counter()
         pending = Pending(asyncio.current_task(), asyncio.get_running_loop().create_future())
         older, state.pending = state.pending, pending
@@ -136,8 +145,9 @@ class CompletionScheduler:
                 older.supersede()
                 if older.task is not None and not older.task.done():
                     await asyncio.wait({older.task})  # its empty answer goes out first
+            count = max(options.candidates, INVOKED_CANDIDATES if invoked else 1)
             return await self._suggest(state, document, offset, pending, kind, engine, options,
-                                       started)
+                                       count, started)
         except asyncio.CancelledError:  # $/cancelRequest: pygls answers RequestCancelled
             pending.supersede()
             if pending.job is not None:
@@ -158,8 +168,9 @@ class CompletionScheduler:
         kind: str,
         engine: Engine | None,
         options: Options,
+        count: int,
         started: float,
-    ) -> str | None:
+    ) -> list[str] | None:
         text = document.text
         prefix, suffix = text[:offset], text[offset:]
         through = state.shown.rest(prefix, suffix) if state.shown is not None else None
@@ -167,7 +178,7 @@ class CompletionScheduler:
             self.record(kind, started, "superseded")
             return None
         if through is not None:
-            self.record(kind, started, "typeThrough", chars=len(through))
+            self.record(kind, started, "typeThrough", chars=len(through[0]))
             return through
         if engine is None:
             self.record(kind, started, "notReady")
@@ -178,7 +189,7 @@ class CompletionScheduler:
         request = CompletionRequest(document.uri, text, offset, document.language_id or "python")
         params = GenerationParams.from_options(options)
         job = self._worker().submit(
-            lambda job: engine.complete(request, params, lambda: job.cancelled)
+            lambda job: complete_many(engine, request, params, count, lambda: job.cancelled)
         )
         pending.job = job
         either: set[asyncio.Future[Any]] = {job.future, pending.superseded}
@@ -187,7 +198,7 @@ class CompletionScheduler:
             self._record_when_done(job, kind, started, "superseded")
             return None
         try:
-            completion = job.future.result()
+            candidates = job.future.result()
         except Exception as error:
             log.exception("completion failed for %s", document.uri)
             self.record(kind, started, "error")
@@ -196,16 +207,17 @@ class CompletionScheduler:
                 self._failed(error)
             return None
         self._failure_shown = False
-        state.shown = Shown(prefix, suffix, completion.text) if completion.text else None
-        self.record(kind, started, "model", completion)
-        return completion.text
+        texts = candidates.texts
+        state.shown = Shown(prefix, suffix, tuple(texts)) if texts else None
+        self.record(kind, started, "model", candidates)
+        return texts
 
     def _record_when_done(
-        self, job: Job[Completion], kind: str, started: float, outcome: str
+        self, job: Job[Candidates], kind: str, started: float, outcome: str
     ) -> None:
         """Record an abandoned job once the worker has stopped it, with the steps it ran."""
 
-        def done(future: asyncio.Future[Completion]) -> None:
+        def done(future: asyncio.Future[Candidates]) -> None:
             ran = None if future.cancelled() or future.exception() else future.result()
             self.record(kind, started, outcome, ran)
 
@@ -216,17 +228,21 @@ class CompletionScheduler:
         kind: str,
         started: float,
         outcome: str,
-        completion: Completion | None = None,
+        candidates: Candidates | None = None,
         chars: int = 0,
     ) -> None:
+        """Log a request; with `candidates`, what all its runs cost together, the first run's
+        stop reason and the first suggestion's length."""
         total = (time.perf_counter() - started) * 1000
-        if completion is None:
+        if candidates is None:
             self.requests.add(RequestRecord(kind, outcome, total, chars=chars))
             return
+        ran: Completion = candidates.total()
         self.requests.add(RequestRecord(
-            kind, outcome, total, completion.model_ms, completion.model_steps,
-            completion.new_tokens, completion.reused_tokens, completion.computed_tokens,
-            completion.stop_reason, len(completion.text),
+            kind, outcome, total, ran.model_ms, ran.model_steps, ran.new_tokens,
+            ran.reused_tokens, ran.computed_tokens, ran.stop_reason,
+            len(candidates.shown[0].text) if candidates.shown else 0, len(candidates.shown),
+            len(candidates.runs),
         ))
 
 
@@ -245,8 +261,10 @@ class RequestRecord:
     new_tokens: int = 0
     reused_tokens: int = 0
     computed_tokens: int = 0
-    stop_reason: str = ""
-    chars: int = 0  # of the suggestion
+    stop_reason: str = ""  # of the first run
+    chars: int = 0  # of the (first) suggestion
+    candidates: int = 0  # suggestions answered
+    runs: int = 0  # generations run for them (costs above are of all of them)
 
 
 ANSWERED = frozenset({"model", "typeThrough"})

@@ -46,11 +46,12 @@ def _version() -> str:
 
 @dataclass(frozen=True)
 class Suggestion:
-    """Text to insert at `offset` of `document`."""
+    """Texts to insert at `offset` of `document`, the alternatives to one another, best first
+    (none: nothing to suggest)."""
 
     document: Document
     offset: int
-    text: str
+    texts: list[str]
 
 
 @dataclass
@@ -155,18 +156,19 @@ class GPTBigCodeServer(LanguageServer):
 
     # -- completions ------------------------------------------------------------------------
 
-    async def suggest(self, uri: str, position: types.Position, kind: str) -> Suggestion | None:
-        """The suggestion at `position`, or None (see CompletionScheduler.suggest)."""
+    async def suggest(self, uri: str, position: types.Position, kind: str,
+                      invoked: bool = False) -> Suggestion | None:
+        """The suggestions at `position`, or None (see CompletionScheduler.suggest)."""
         state = self.states.get(uri)
         if state is None or uri not in self.documents:
             self.completions.record(kind, time.perf_counter(), "unknownDocument")
             return None
         document = self.documents.get(uri)
         offset = document.offset_at(position, self.documents.encoding)
-        text = await self.completions.suggest(
-            state, document, offset, kind, self.model.engine, self.options
+        texts = await self.completions.suggest(
+            state, document, offset, kind, self.model.engine, self.options, invoked
         )
-        return Suggestion(document, offset, text) if text is not None else None
+        return Suggestion(document, offset, texts) if texts is not None else None
 
     def completion_failed(self, error: Exception) -> None:
         detail = shorten(f"{type(error).__name__}: {error}", 300)
@@ -190,6 +192,9 @@ class GPTBigCodeServer(LanguageServer):
             "device": engine.get("device", choice.device if choice else None),
             "dtype": engine.get("dtype"),
             "decodePath": engine.get("decodePath"),
+            # Where generation runs: {"kind": "local"}, or a serving engine's kind, address,
+            # served model, state (ok, unreachable, unchecked) and last fault.
+            "engine": camel_keys(engine["engine"]) if engine.get("engine") else {"kind": "local"},
             "quantize": choice.quantize if choice else self.options.quantize,
             "state": model.state,
             "ready": model.state == "ready",
@@ -327,13 +332,17 @@ def did_close(ls: GPTBigCodeServer, params: types.DidCloseTextDocumentParams) ->
 async def inline_completion(
     ls: GPTBigCodeServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList:
-    """Suggest text at the cursor, for the editor to show inline."""
-    found = await ls.suggest(params.text_document.uri, params.position, "inline")
-    if found is None or not found.text:
+    """Suggest text at the cursor, for the editor to show inline: the candidates best first
+    (the editor cycles through them), more of them when the user invoked the request."""
+    invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+    found = await ls.suggest(params.text_document.uri, params.position, "inline", invoked)
+    if found is None:
         return types.InlineCompletionList(items=[])
     here = _position(found.document, found.offset, ls)
-    item = types.InlineCompletionItem(insert_text=found.text, range=types.Range(here, here))
-    return types.InlineCompletionList(items=[item])
+    return types.InlineCompletionList(items=[
+        types.InlineCompletionItem(insert_text=text, range=types.Range(here, here))
+        for text in found.texts
+    ])
 
 
 @server.feature(
@@ -341,20 +350,24 @@ async def inline_completion(
     types.CompletionOptions(trigger_characters=COMPLETION_TRIGGERS, resolve_provider=False),
 )
 async def completion(ls: GPTBigCodeServer, params: types.CompletionParams) -> types.CompletionList:
-    """Suggest text at the cursor as one completion item replacing the word before it."""
+    """Suggest text at the cursor as completion items (the candidates, in their order)
+    replacing the word before it."""
     found = await ls.suggest(params.text_document.uri, params.position, "completion")
-    if found is None or not found.text:
+    if found is None:
         return types.CompletionList(is_incomplete=True, items=[])
-    return types.CompletionList(is_incomplete=True, items=[_completion_item(found, ls)])
+    items = [_completion_item(found, rank, ls) for rank in range(len(found.texts))]
+    return types.CompletionList(is_incomplete=True, items=items)
 
 
-def _completion_item(found: Suggestion, ls: GPTBigCodeServer) -> types.CompletionItem:
-    """An item whose edit re-types the word before the cursor and adds the suggestion, so
-    that a client filtering by that word keeps it."""
+def _completion_item(found: Suggestion, rank: int, ls: GPTBigCodeServer
+                     ) -> types.CompletionItem:
+    """The item of candidate `rank`: its edit re-types the word before the cursor and adds
+    the suggestion, so that a client filtering by that word keeps it; sortText keeps the
+    candidates' order, the first is preselected."""
     document, offset = found.document, found.offset
     word = _WORD_BEFORE.search(document.text, max(0, offset - WORD_CHARS), offset)
     start = word.start() if word else offset
-    new_text = document.text[start:offset] + found.text
+    new_text = document.text[start:offset] + found.texts[rank]
     edit = types.TextEdit(
         range=types.Range(_position(document, start, ls), _position(document, offset, ls)),
         new_text=new_text,
@@ -365,8 +378,8 @@ def _completion_item(found: Suggestion, ls: GPTBigCodeServer) -> types.Completio
         detail="gptbigcode",
         documentation=types.MarkupContent(kind=types.MarkupKind.PlainText, value=new_text),
         filter_text=new_text,
-        sort_text="0",
-        preselect=True,
+        sort_text=str(rank),  # candidates number at most 8: one digit sorts them
+        preselect=rank == 0,
         insert_text_format=types.InsertTextFormat.PlainText,
         text_edit=edit,
     )

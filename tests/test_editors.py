@@ -86,8 +86,9 @@ def test_vscode_setting_defaults_are_the_server_defaults() -> None:
     server_defaults = dotted(as_json(Options()))
     defaults = {key: settings[f"gptbigcode.{key}"]["default"] for key in server_defaults}
     assert defaults == server_defaults
-    diagnostics = {key for key in settings if key.startswith("gptbigcode.diagnostics.")}
-    assert diagnostics == {f"gptbigcode.{key}" for key in server_defaults if "." in key}
+    sections = {key for key in settings if key.startswith(("gptbigcode.diagnostics.",
+                                                            "gptbigcode.engine."))}
+    assert sections == {f"gptbigcode.{key}" for key in server_defaults if "." in key}
     assert parse_options({"gptbigcode": nested(defaults)}) == (Options(), [])  # didChange...
 
 

@@ -29,17 +29,24 @@ URI = "file:///unit/sample.py"
 
 
 def test_type_through_answers_while_typing_follows_the_suggestion() -> None:
-    memory = Shown("x = ", "\nrest", "foo(1)")
-    assert memory.rest("x = ", "\nrest") == "foo(1)"
-    assert memory.rest("x = fo", "\nrest") == "o(1)"
+    memory = Shown("x = ", "\nrest", ("foo(1)",))
+    assert memory.rest("x = ", "\nrest") == ["foo(1)"]
+    assert memory.rest("x = fo", "\nrest") == ["o(1)"]
     assert memory.rest("x = fa", "\nrest") is None  # typed something else
     assert memory.rest("x = fo", "\nchanged") is None  # the text after changed
     assert memory.rest("x = foo(1)", "\nrest") is None  # all of it typed
 
 
+def test_type_through_keeps_the_candidates_that_typing_follows_in_their_order() -> None:
+    memory = Shown("x = ", "\n", ("foo(1)", "bar()", "fob"))
+    assert memory.rest("x = fo", "\n") == ["o(1)", "b"]
+    assert memory.rest("x = b", "\n") == ["ar()"]  # typing chose the second one
+    assert memory.rest("x = fob", "\n") is None  # the third typed whole, the others left
+
+
 def test_forgetting_a_document_drops_its_state_in_one_piece() -> None:
     ls = server_module.server
-    ls.states[URI] = DocumentState(shown=Shown("x = ", "\nrest", "foo(1)"), published=0)
+    ls.states[URI] = DocumentState(shown=Shown("x = ", "\nrest", ("foo(1)",)), published=0)
     ls.forget(URI)
     assert URI not in ls.states  # the suggestion (and everything else) went with it
 
@@ -96,7 +103,7 @@ class SlowEngine:
 
 
 def test_newer_request_supersedes_the_older_which_answers_first_with_nothing() -> None:
-    async def run() -> tuple[list[str], list[str | None], RequestLog, SlowEngine]:
+    async def run() -> tuple[list[str], list[list[str] | None], RequestLog, SlowEngine]:
         worker = InferenceWorker(asyncio.get_running_loop())
         failures: list[Exception] = []
         scheduler = CompletionScheduler(lambda: worker, failures.append)
@@ -105,7 +112,7 @@ def test_newer_request_supersedes_the_older_which_answers_first_with_nothing() -
         options = Options(debounce_ms=0, max_new_tokens=7)
         order: list[str] = []
 
-        async def ask(name: str) -> str | None:
+        async def ask(name: str) -> list[str] | None:
             found = await scheduler.suggest(state, document, 4, "inline", engine, options)
             order.append(name)
             return found
@@ -120,7 +127,7 @@ def test_newer_request_supersedes_the_older_which_answers_first_with_nothing() -
         return order, list(answers), scheduler.requests, engine
 
     order, answers, log, engine = asyncio.run(run())
-    assert order == ["older", "newer"] and answers == [None, "foo(1)"]
+    assert order == ["older", "newer"] and answers == [None, ["foo(1)"]]
     outcomes = [r.outcome for r in log.records]
     assert sorted(outcomes) == ["model", "superseded"]
     superseded = next(r for r in log.records if r.outcome == "superseded")
@@ -129,7 +136,7 @@ def test_newer_request_supersedes_the_older_which_answers_first_with_nothing() -
 
 
 def test_typing_the_suggestion_is_answered_without_the_engine() -> None:
-    async def run() -> tuple[str | None, str | None, int, dict[str, int]]:
+    async def run() -> tuple[list[str] | None, list[str] | None, int, dict[str, int]]:
         worker = InferenceWorker(asyncio.get_running_loop())
         scheduler = CompletionScheduler(lambda: worker, lambda error: None)
         store, state, engine = DocumentStore(), DocumentState(), SlowEngine(steps=1)
@@ -142,5 +149,5 @@ def test_typing_the_suggestion_is_answered_without_the_engine() -> None:
         return first, second, len(engine.calls), scheduler.requests.counts
 
     first, second, calls, counts = asyncio.run(run())
-    assert (first, second) == ("foo(1)", "o(1)")
+    assert (first, second) == (["foo(1)"], ["o(1)"])
     assert calls == 1 and counts == {"model": 1, "typeThrough": 1}

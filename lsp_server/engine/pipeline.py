@@ -124,8 +124,12 @@ class Engine:
         request: CompletionRequest,
         params: GenerationParams | None = None,
         cancelled: Callable[[], bool] = lambda: False,
+        stop_when_gated: bool = False,
     ) -> Completion:
-        """The suggestion at the request's cursor. `cancelled` is polled between tokens."""
+        """The suggestion at the request's cursor. `cancelled` is polled between tokens.
+        `stop_when_gated`: stop (reason "gated") once the first line is whole and scores below
+        the confidence gate, whose verdict no later token changes (for further candidates,
+        whose cost is then that line's; the single suggestion runs to its end)."""
         started = time.perf_counter()
         params = params or GenerationParams()
         request = request.as_valid_unicode()
@@ -146,6 +150,7 @@ class Engine:
         data = bytearray()
         retyped = 0  # tokens generated to re-type the text the prompt left out
         reason = ""
+        judged = not stop_when_gated or self._threshold(params) <= 0  # the first line's score
         with closing(stream):
             for token in stream:
                 retyped += len(data) < len(retype)  # re-typing is not part of the token budget
@@ -154,6 +159,9 @@ class Engine:
                 new = bytes(data[len(retype):]) if len(data) >= len(retype) else None
                 reason = self._stop_reason(len(ids) - retyped, new, stream, params,
                                            single_line, cancelled, deadline)
+                if not reason and not judged and new is not None:
+                    verdict = self._head_verdict(new, ids, stream.logprobs, len(retype), params)
+                    judged, reason = verdict is not None, "gated" if verdict is False else ""
                 if reason:
                     break
             else:
@@ -168,7 +176,7 @@ class Engine:
             shown = _clean_shown(
                 postprocess(ended, prefix, request.suffix, request.language_id), line_prefix,
                 syntax)
-        if reason == "cancelled":
+        if reason in ("cancelled", "error"):  # error: the engine failed mid-way
             shown = ""
         text, confidence = self._gate(shown, ids, stream.logprobs, len(retype), params)
         usage = stream.usage
@@ -198,16 +206,34 @@ class Engine:
         already in the document."""
         if not shown or len(logprobs) != len(ids):
             return shown, None
-        threshold = params.min_confidence
-        if threshold is None:
-            threshold = self.calibrated_confidence
         pieces = [self.tokenizer.decode_bytes([token]) for token in ids]
         scored = Scored.from_tokens(pieces, logprobs, skip=skip)
-        kept, confidence = gate(_LINE_BREAK.sub("\n", shown), scored, threshold)
+        kept, confidence = gate(_LINE_BREAK.sub("\n", shown), scored, self._threshold(params))
         if kept == _LINE_BREAK.sub("\n", shown):
             return shown, confidence
         self.gated["cut" if kept else "hidden"] += 1
         return _in_document_breaks(shown, kept), confidence
+
+    def _threshold(self, params: GenerationParams) -> float:
+        """The confidence gate's threshold: the request's, else the model's calibrated one."""
+        if params.min_confidence is None:
+            return self.calibrated_confidence
+        return params.min_confidence
+
+    def _head_verdict(self, new: bytes, ids: list[int], logprobs: list[float], skip: int,
+                      params: GenerationParams) -> bool | None:
+        """Whether the gate lets the generation's head through (its first line with text of
+        its own, judged once a line break follows it), or None: not whole yet, or no scores.
+        `new`: the text after the cursor so far; `skip`: bytes of `ids` re-typing text."""
+        if len(logprobs) != len(ids):
+            return None
+        lines = _LINE_BREAK.sub("\n", whole_characters(new)).split("\n")
+        head = next((n for n, line in enumerate(lines[:-1]) if line.strip()), None)
+        if head is None:
+            return None
+        pieces = [self.tokenizer.decode_bytes([token]) for token in ids]
+        scored = Scored.from_tokens(pieces, logprobs, skip=skip)
+        return bool(gate("\n".join(lines[: head + 1]), scored, self._threshold(params))[0])
 
     @staticmethod
     def _stop_reason(count: int, new: bytes | None, stream: TokenStream,

@@ -624,7 +624,8 @@ class RemoteStream:
         self.logprobs: list[float] = []
         self.generated = 0
         self._reader: _StreamReader | None = None
-        self._seed = random.getrandbits(31) if params.temperature > 0 else None
+        self._seed = (params.seed if params.seed is not None else random.getrandbits(31)) \
+            if params.temperature > 0 else None
         self._tokens = self._run()
 
     def __iter__(self) -> Iterator[int]:

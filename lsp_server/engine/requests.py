@@ -119,7 +119,8 @@ class Completion:
     text: str
     generated: str = ""  # the model's text after the cursor, before post-processing
     # eos, special, stop, newline, repetition, max_tokens, context, time, cancelled, error (the
-    # serving engine failed: nothing is shown)
+    # serving engine failed: nothing is shown), gated (a further candidate stopped once the
+    # confidence gate would hide it: engine/candidates.py)
     stop_reason: str = ""
     layout: str = ""
     prompt_tokens: int = 0

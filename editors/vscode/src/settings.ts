@@ -22,6 +22,7 @@ export const SERVER_OPTION_KEYS = [
   "debounceMs",
   "timeBudgetMs",
   "minConfidence",
+  "candidates",
   "cacheBudgetMb",
 ] as const;
 
@@ -39,6 +40,9 @@ export const DIAGNOSTICS_OPTION_KEYS = [
   "maxChars",
 ] as const;
 
+/** Settings under "gptbigcode.engine." that are the server's `engine` options. */
+export const ENGINE_OPTION_KEYS = ["kind", "url", "model", "apiKeyEnv", "timeoutMs"] as const;
+
 /** Reads one setting by its key under "gptbigcode." (`getConfiguration("gptbigcode").get`). */
 export type ReadSetting = (key: string) => unknown;
 
@@ -49,9 +53,11 @@ export interface ServerCommand {
 
 /** initializationOptions, and the section sent with workspace/didChangeConfiguration: every
  * server option, null where unset (the server then uses its own default); the
- * "diagnostics." settings go nested under `diagnostics`, as the server reads them. */
+ * "engine." and "diagnostics." settings go nested under `engine` and `diagnostics`, as the
+ * server reads them. */
 export function serverOptions(read: ReadSetting): Record<string, unknown> {
   const options = readKeys(read, SERVER_OPTION_KEYS, "");
+  options.engine = readKeys(read, ENGINE_OPTION_KEYS, "engine.");
   options.diagnostics = readKeys(read, DIAGNOSTICS_OPTION_KEYS, "diagnostics.");
   return options;
 }

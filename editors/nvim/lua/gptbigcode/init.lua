@@ -24,7 +24,17 @@ M.default_options = {
   debounceMs = 50,
   timeBudgetMs = 2000,
   minConfidence = vim.NIL, -- null: the threshold calibrated for the model
+  candidates = 1, -- suggestions per request (1..8), best first: menu items, <M-]> / <M-[> inline
   cacheBudgetMb = 1024,
+  -- Where generation runs: "local" (in the server), or a shared serving engine ("vllm",
+  -- "llamacpp", "openai") at `url`; the key comes from the environment variable apiKeyEnv names.
+  engine = {
+    kind = "local",
+    url = "",
+    model = "",
+    apiKeyEnv = "",
+    timeoutMs = 10000,
+  },
   -- Diagnostics from the classification heads; setup{ diagnostics = {...} } is merged here.
   diagnostics = {
     enabled = true,
