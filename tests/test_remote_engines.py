@@ -451,6 +451,7 @@ def test_a_key_goes_over_https_or_to_loopback() -> None:
                 "http://localhost:8080/base/"):
         endpoint = Endpoint.parse(RemoteEngine("vllm", url, api_key_env="K"), {"K": "k"})
         assert endpoint.headers()["Authorization"] == "Bearer k"
+        assert "'k'" not in repr(endpoint)
     assert Endpoint.parse(RemoteEngine("vllm", "http://localhost:8080/base/"), {}).base == "/base"
 
 

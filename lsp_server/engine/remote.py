@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -72,8 +72,8 @@ class Endpoint:
     host: str
     port: int
     base: str  # path prefix, "" or "/something"
-    api_key: str | None
-    timeout_s: float
+    api_key: str | None = field(repr=False)  # never in a log line or a message
+    timeout_s: float = 10.0
 
     @classmethod
     def parse(cls, engine: RemoteEngine, environ: dict[str, str] | None = None) -> Endpoint:
