@@ -10,8 +10,10 @@ from typing import Literal, Protocol, get_args
 from .window import line_start
 
 # - "spm":      <fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}
-# - "psm_line": <fim_prefix>{prefix up to the cursor's line}<fim_suffix>{suffix}<fim_middle>
-#               {cursor line before the cursor}, for models trained on PSM only
+# - "psm_line": <fim_prefix>{prefix up to the cut}<fim_suffix>{suffix}<fim_middle>
+#               {the cut to the cursor}; the cut is a line start at or before the cursor's
+#               line (by default the cursor's line start; PromptBuilder keeps it in place
+#               while the user types on, so that new lines are appends too)
 # - "plain":    {prefix}, left to right without FIM tokens (diagnostics, non-FIM models)
 # Each piece of text is tokenised on its own and joined with the special ids, so an edit in
 # one piece never changes another's tokens.
@@ -45,8 +47,8 @@ class TextTokenizer(Protocol):
 class Pieces:
     """The document text a layout shows, cut where the layout puts special tokens."""
 
-    prefix: str  # before the cursor (psm_line: before the cursor's line)
-    line: str  # psm_line only: the cursor's line up to the cursor
+    prefix: str  # before the cursor (psm_line: before the cut)
+    line: str  # psm_line only: from the cut to the cursor
     suffix: str  # after the cursor, up to the window's end
 
     def __iter__(self) -> Iterator[str]:
@@ -64,13 +66,19 @@ def check_layout(layout: str, tokenizer: TextTokenizer) -> None:
         )
 
 
-def split(layout: str, text: str, cursor: int, start: int, end: int) -> Pieces:
-    """Cut the window text[start:end] around the cursor as `layout` shows it."""
+def split(
+    layout: str, text: str, cursor: int, start: int, end: int, cut: int | None = None
+) -> Pieces:
+    """Cut the window text[start:end] around the cursor as `layout` shows it. `cut` (psm_line
+    only; default: the cursor's line start) is where the text before the cursor is split."""
     if layout == "plain":
         return Pieces(prefix=text[start:cursor], line="", suffix="")
     if layout == "spm":
         return Pieces(prefix=text[start:cursor], line="", suffix=text[cursor:end])
-    cut = max(start, line_start(text, cursor))
+    cut = line_start(text, cursor) if cut is None else cut
+    if not cut <= cursor:
+        raise ValueError(f"psm_line cut {cut} is after the cursor {cursor}")
+    cut = max(start, cut)
     return Pieces(prefix=text[start:cut], line=text[cut:cursor], suffix=text[cursor:end])
 
 
@@ -93,9 +101,11 @@ def layout_ids(
     cursor: int,
     start: int = 0,
     end: int | None = None,
+    cut: int | None = None,
 ) -> list[int]:
-    """The prompt ids for the window text[start:end] with the cursor at `cursor`."""
+    """The prompt ids for the window text[start:end] with the cursor at `cursor` (and, for
+    psm_line, the text before it split at `cut`: see split)."""
     check_layout(layout, tokenizer)
-    pieces = split(layout, text, cursor, start, len(text) if end is None else end)
+    pieces = split(layout, text, cursor, start, len(text) if end is None else end, cut)
     prefix, line, suffix = (tokenizer.encode_text(t) if t else [] for t in pieces)
     return assemble(layout, tokenizer.fim, prefix, line, suffix)

@@ -3,6 +3,7 @@ prefix and evicted least-recently-used under separate GPU and CPU byte budgets."
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -23,6 +24,14 @@ log = logging.getLogger(__name__)
 CacheKey = tuple[str, str]  # (document uri, layout name)
 MemoryKind = Literal["gpu", "cpu"]
 T = TypeVar("T")
+
+# Tokens of room an entry's buffers get beyond its prompt, so that typing and a short
+# completion do not make them grow (growing copies them).
+HEADROOM = 128
+# An entry that holds at least this many tokens more than a new prompt of its document needs
+# (the prompt moved back in the file) is kept whole as the document's spare, and the prompt
+# works on a copy of the common part: moving forward again reuses the spare's long prefix.
+SPARE_MIN_TOKENS = 64
 
 
 def longest_common_prefix(a: Sequence[T], b: Sequence[T]) -> int:
@@ -95,19 +104,26 @@ class Lookup:
 class PrefixStore:
     """Entries per (document uri, layout), least recently used evicted first.
 
-    `gpu_bytes` and `cpu_bytes` bound the bytes of entries whose buffers live in that memory
-    (None: no bound). An entry's ids always equal what its buffers hold: a request works on
-    an entry through a CacheSession (cache/session.py), which commits or drops it at the end.
-    One inference worker owns a store; it takes no locks.
+    Besides the entry a request works on, a key may hold one spare: the longest prompt of the
+    document computed so far, kept whole when a later prompt shared less of it (a cursor moved
+    back); a lookup starts from whichever of the two shares more with the prompt. Spares are
+    evicted before entries (`spares=False`: none are kept). `gpu_bytes` and `cpu_bytes` bound
+    the bytes of entries and spares whose buffers live in that memory (None: no bound). An
+    entry's ids always equal what its buffers hold: a request works on an entry through a
+    CacheSession (cache/session.py), which commits or drops it at the end. One inference
+    worker owns a store; it takes no locks.
     """
 
-    def __init__(self, *, gpu_bytes: int | None = None, cpu_bytes: int | None = None) -> None:
+    def __init__(self, *, gpu_bytes: int | None = None, cpu_bytes: int | None = None,
+                 spares: bool = True) -> None:
         for name, value in (("gpu_bytes", gpu_bytes), ("cpu_bytes", cpu_bytes)):
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0 or None, got {value}")
         self.budgets: dict[MemoryKind, int | None] = {"gpu": gpu_bytes, "cpu": cpu_bytes}
         self.stats = CacheStats()
+        self.keeps_spares = spares  # False: one entry per key, truncated in place
         self._entries: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
+        self._spares: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -123,6 +139,10 @@ class PrefixStore:
         """The entry for `key`, without touching its recency or the stats."""
         return self._entries.get(key)
 
+    def spare(self, key: CacheKey) -> CacheEntry | None:
+        """The spare for `key` (see the class), without touching recency or the stats."""
+        return self._spares.get(key)
+
     # -- reuse ------------------------------------------------------------------------------
 
     def open(self, key: CacheKey, decoder: Decoder) -> CacheSession:
@@ -132,34 +152,56 @@ class PrefixStore:
         return CacheSession(self, key, decoder)
 
     def lookup(self, key: CacheKey, ids: Sequence[int]) -> Lookup:
-        """Keep the longest common prefix of the cached ids and `ids`, forget the rest.
+        """Keep the longest common prefix of the cached ids and `ids`, forget the rest (or,
+        when the entry reaches much further than `ids`, keep it whole as the spare and give
+        the prompt a copy of the common part; see the class).
 
         At least one token is left to run unless the cached ids equal `ids` and their
         next-token logits were kept.
         """
         if not ids:
             raise ValueError(f"empty prompt for {key[0]} ({key[1]})")
-        entry = self._entries.get(key)
+        entry, common = self._best(key, ids)
         if entry is None:
             self.stats.misses += 1
             return Lookup(kv=None, reused=0)
         self._entries.move_to_end(key)
-        if entry.kv.length != len(entry.ids):
-            raise RuntimeError(
-                f"{key[0]} ({key[1]}): the entry's buffers hold {entry.kv.length} tokens but "
-                f"{len(entry.ids)} ids were committed; extend buffers through a CacheSession"
-            )
-        common = longest_common_prefix(entry.ids, ids)
         if common == len(ids) == len(entry.ids) and entry.logits is not None:
             self._count_reuse(common)
             return Lookup(kv=entry.kv, reused=common, logits=entry.logits)
         reused = min(common, len(ids) - 1)
-        del entry.ids[reused:]
-        entry.kv.truncate(reused)
-        entry.logits = None
+        spare = self._spares.get(key)
+        if self.keeps_spares and len(entry.ids) >= len(ids) + SPARE_MIN_TOKENS and (
+            spare is None or len(entry.ids) >= len(spare.ids)
+        ):
+            self._spares[key] = entry  # kept whole; the prompt works on a copy
+            self._spares.move_to_end(key)
+            entry = self._entries[key] = fork(entry, reused, len(ids) + HEADROOM)
+        else:
+            del entry.ids[reused:]
+            entry.kv.truncate(reused)
+            entry.logits = None
         self._count_reuse(reused)
         self._refresh()
         return Lookup(kv=entry.kv, reused=reused)
+
+    def _best(self, key: CacheKey, ids: Sequence[int]) -> tuple[CacheEntry | None, int]:
+        """Of `key`'s entry and spare, the one sharing the longest prefix with `ids` (the
+        entry on a tie), made the entry; and how many leading ids it shares."""
+        entry, spare = self._entries.get(key), self._spares.get(key)
+        if entry is not None and entry.kv.length != len(entry.ids):
+            raise RuntimeError(
+                f"{key[0]} ({key[1]}): the entry's buffers hold {entry.kv.length} tokens but "
+                f"{len(entry.ids)} ids were committed; extend buffers through a CacheSession"
+            )
+        common = -1 if entry is None else longest_common_prefix(entry.ids, ids)
+        if spare is not None and longest_common_prefix(spare.ids, ids) > common:
+            del self._spares[key]
+            if entry is not None:
+                self._spares[key] = entry
+            self._entries[key] = entry = spare
+            common = longest_common_prefix(spare.ids, ids)
+        return entry, common
 
     def _count_reuse(self, reused: int) -> None:
         if reused:
@@ -200,23 +242,31 @@ class PrefixStore:
     def drop(self, uri: str) -> int:
         """Forget every layout's entry of a document (it was closed); how many there were."""
         keys = [key for key in self._entries if key[0] == uri]
-        for key in keys:
+        for key in {*keys, *(key for key in self._spares if key[0] == uri)}:
             self.discard(key)
         return len(keys)
 
     def discard(self, key: CacheKey) -> None:
-        """Forget one entry, if present (e.g. after a failed forward left it in doubt)."""
+        """Forget one key's entry and spare, if present (e.g. after a failed forward left the
+        entry in doubt, or the model was replaced)."""
         self._entries.pop(key, None)
+        self._spares.pop(key, None)
         self._refresh()
 
     def clear(self) -> None:
-        for key in list(self._entries):
+        for key in {*self._entries, *self._spares}:
             self.discard(key)
 
     def _evict(self, memory: MemoryKind, newest: CacheKey) -> None:
         budget = self.budgets[memory]
         if budget is None:
             return
+        for key in list(self._spares):  # spares first, least recently made first
+            if self.held_bytes(memory) <= budget:
+                return
+            if self._spares[key].memory == memory:
+                del self._spares[key]
+                self.stats.evictions += 1
         for key in list(self._entries):  # least recently used first
             if self.held_bytes(memory) <= budget:
                 return
@@ -234,12 +284,27 @@ class PrefixStore:
     # -- accounting -------------------------------------------------------------------------
 
     def held_bytes(self, memory: MemoryKind) -> int:
-        """Bytes the entries hold now in that memory (buffers may have grown since a commit)."""
-        return sum(e.nbytes for e in self._entries.values() if e.memory == memory)
+        """Bytes the entries and spares hold now in that memory (buffers may have grown since
+        a commit)."""
+        held = (*self._entries.values(), *self._spares.values())
+        return sum(e.nbytes for e in held if e.memory == memory)
 
     def _refresh(self) -> None:
         # Recounted rather than adjusted: a KV buffer grows in place when the model writes
         # past its capacity, so an entry's size is only known by asking it.
-        self.stats.entries = len(self._entries)
+        self.stats.entries = len(self._entries) + len(self._spares)
         self.stats.gpu_bytes = self.held_bytes("gpu")
         self.stats.cpu_bytes = self.held_bytes("cpu")
+
+
+def fork(entry: CacheEntry, length: int, capacity: int) -> CacheEntry:
+    """A new entry holding a copy of `entry`'s first `length` tokens, in buffers with room
+    for `capacity` (the original is left as it is)."""
+    source = entry.kv
+    kv = copy.copy(source)  # the same shape and dtype; its own buffer below
+    shape = list(source.buffer.shape)  # (L, 2, B, KVH, capacity, D)
+    shape[4] = min(max(capacity, length, 1), source.max_length)
+    kv.buffer = source.buffer.new_empty(shape)
+    kv.buffer[:, :, :, :, :length] = source.buffer[:, :, :, :, :length]
+    kv.length = length
+    return CacheEntry(ids=entry.ids[:length], kv=kv)

@@ -32,6 +32,7 @@ class Prompt:
     end: int
     prefix_tokens: int  # of text before the cursor
     suffix_tokens: int  # of text after it
+    cut: int | None = None  # psm_line: where the text before the cursor is split (see split)
 
     @property
     def key(self) -> CacheKey:
@@ -46,6 +47,7 @@ class DocumentWindow:
     start: int = 0
     end: int | None = None  # None: the window reaches the end of the file
     fresh: bool = True  # not placed yet: placing it is not a move
+    cut: int | None = None  # psm_line: a line start at or before the cursor's line
     # Piece name -> (text, ids) last tokenised: unchanged pieces are not tokenised again.
     encoded: dict[str, tuple[str, list[int]]] = field(default_factory=dict)
 
@@ -68,6 +70,8 @@ class PromptBuilder:
         window = self._follow((uri, layout), text)
         carried = (window.start, window.end)
         suffix = [] if layout == "plain" else self._fit_suffix(window, text, cursor)
+        if layout == "psm_line":
+            self._place_cut(window, text, cursor)
         limit = self.budget.tokens - len(suffix)  # the prefix may use what the suffix leaves
         prefix, line = self._fit_prefix(window, layout, text, cursor, limit)
         if not window.fresh:  # a move: an edge not where the edits carried it
@@ -75,7 +79,9 @@ class PromptBuilder:
         window.fresh = False
         end = cursor if layout == "plain" else self._end(window, text)
         ids = assemble(layout, self.tokenizer.fim, prefix, line, suffix)
-        return Prompt(uri, layout, ids, window.start, end, len(prefix) + len(line), len(suffix))
+        cut = None if window.cut is None else max(window.start, window.cut)
+        return Prompt(uri, layout, ids, window.start, end, len(prefix) + len(line), len(suffix),
+                      cut)
 
     def forget(self, uri: str) -> None:
         """Drop a closed document's windows."""
@@ -100,8 +106,26 @@ class PromptBuilder:
         if window.end is not None:
             end = edit.follow(window.end)
             window.end = end if is_line_start(text, end) else line_end(text, end)
+        if window.cut is not None:
+            cut = edit.follow(window.cut)
+            window.cut = cut if is_line_start(text, cut) else line_start(text, cut)
         window.text = text
         return window
+
+    def _place_cut(self, window: DocumentWindow, text: str, cursor: int) -> None:
+        """Keep psm_line's cut while the text from it to the cursor stays within the suffix's
+        budget (typing on, new lines included, then only appends to the prompt); else put it
+        at the cursor's line start. Moving it costs the tokens after it, like a cursor move."""
+        here = line_start(text, cursor)
+        cut, limit = window.cut, self.budget.suffix_tokens
+        keep = (
+            cut is not None
+            and max(window.start, cut) < here
+            and within_reach(cut, cursor, limit)
+            and len(self._encode(window, "line", text[max(window.start, cut) : cursor])) <= limit
+        )
+        if not keep:
+            window.cut = here
 
     def _fit_suffix(self, window: DocumentWindow, text: str, cursor: int) -> list[int]:
         limit = self.budget.suffix_tokens
@@ -130,7 +154,10 @@ class PromptBuilder:
             self._move_start(window, text, cursor, limit, slack)
         prefix, line = self._encode_prefix(window, layout, text, cursor)
         used = len(prefix) + len(line)
-        if used > limit or (window.start > 0 and used < limit - 2 * slack):
+        # Placed, the prefix fills its limit less the slack. A cursor moved back (or text
+        # deleted before it) keeps the start until the prefix is down to the slack: moving
+        # the start recomputes the whole window, a move back only the suffix and the line.
+        if used > limit or (window.start > 0 and used < slack):
             if self._move_start(window, text, cursor, limit, slack):
                 prefix, line = self._encode_prefix(window, layout, text, cursor)
         while len(prefix) + len(line) > limit:  # the line-by-line estimate was short
@@ -168,7 +195,7 @@ class PromptBuilder:
     def _encode_prefix(
         self, window: DocumentWindow, layout: str, text: str, cursor: int
     ) -> tuple[list[int], list[int]]:
-        pieces = split(layout, text, cursor, window.start, cursor)
+        pieces = split(layout, text, cursor, window.start, cursor, window.cut)
         prefix = self._encode(window, "prefix", pieces.prefix)
         return prefix, self._encode(window, "line", pieces.line)
 

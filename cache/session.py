@@ -12,11 +12,7 @@ import torch
 from model import KVCache
 from model.decoders import Decoder
 
-from .prefix import CacheKey, PrefixStore
-
-# Tokens of room a new entry gets beyond its prompt, so that typing and a short completion
-# do not make the buffers grow (growing copies them and doubles their size).
-HEADROOM = 128
+from .prefix import HEADROOM, CacheKey, PrefixStore
 
 
 @dataclass(frozen=True)

@@ -11,22 +11,38 @@ from .prefix import longest_common_prefix
 CountTokens = Callable[[str], int]
 
 
+# Tokens of text after the cursor a prompt shows at most. With the prefix first (psm_line), a
+# cursor move recomputes the suffix whatever the file's size, so its size is the floor of a
+# move's cost: 128 tokens (12-15 lines of Python) is about 0.5-0.8 s of prefill for
+# tiny_starcoder_py's shape on a 2-core CPU in fp32 (tests/bench/keystroke.py --moves).
+SUFFIX_CAP = 128
+
+
 @dataclass(frozen=True)
 class ContextBudget:
     """Tokens of document text in a prompt (FIM special tokens come on top).
 
-    The text before the cursor gets `prefix_share` of `tokens` plus whatever the text after
-    it leaves unused. When an edge must move, it is placed `jump_share` of its budget inside
-    the limit, so the next move is that many tokens of typing away.
+    The text after the cursor gets `1 - prefix_share` of `tokens`, at most `suffix_cap`
+    (None: no cap); the text before it gets the rest. When an edge must move, it is placed
+    `jump_share` of its budget inside the limit, so the next move is that many tokens of
+    typing away.
     """
 
     tokens: int = 2048
     prefix_share: float = 0.75
     jump_share: float = 0.25
+    suffix_cap: int | None = SUFFIX_CAP
 
     def __post_init__(self) -> None:
         if not isinstance(self.tokens, int) or self.tokens < 8:
             raise ValueError(f"ContextBudget.tokens must be an integer >= 8, got {self.tokens!r}")
+        if self.suffix_cap is not None and (
+            not isinstance(self.suffix_cap, int) or self.suffix_cap < 0
+        ):
+            raise ValueError(
+                f"ContextBudget.suffix_cap must be None or an integer >= 0, got "
+                f"{self.suffix_cap!r}"
+            )
         if not 0.0 < self.prefix_share <= 1.0:
             raise ValueError(
                 f"ContextBudget.prefix_share must be in (0, 1], got {self.prefix_share!r}"
@@ -38,7 +54,8 @@ class ContextBudget:
 
     @property
     def suffix_tokens(self) -> int:
-        return self.tokens - round(self.tokens * self.prefix_share)
+        share = self.tokens - round(self.tokens * self.prefix_share)
+        return share if self.suffix_cap is None else min(share, self.suffix_cap)
 
     def jump(self, limit: int) -> int:
         return int(limit * self.jump_share)

@@ -129,9 +129,11 @@ class Options:
     temperature: float = _option(0.0, check=_at_least(0.0))  # 0.0: greedy
     top_p: float = _option(1.0, check=_top_p)
     context_tokens: int | None = _option(None, check=_at_least(16))  # None: n_positions
-    # "auto" and "spm": suffix first, so a keystroke at the cursor appends to the prompt
-    # (StarCoder-family models are trained on both orders); "psm": prefix first, the cursor's
-    # line after <fim_middle>. A tokenizer without FIM tokens gets plain text before the cursor.
+    # "spm": suffix first, so a keystroke at the cursor appends to the prompt, but a cursor move
+    # recomputes it; "psm": prefix first, the cursor's line (and what is typed after it) after
+    # <fim_middle>, the suffix capped, so a move recomputes the lines moved over and the
+    # suffix; "auto": psm where the backend computes a whole window in more than a second (a
+    # large model on a CPU), spm elsewhere. Without FIM tokens: plain text before the cursor.
     fim_layout: FimLayout = "auto"
     stop: list[str] = _option(factory=list, check=_stop_strings)  # a single string is one
     debounce_ms: int = _option(50, check=_at_least(0))

@@ -296,6 +296,24 @@ def test_layout_follows_the_options_and_the_tokenizer(
     assert done.layout == "plain" and 0 < done.new_tokens - done.retyped_tokens <= 4
 
 
+def test_auto_layout_puts_the_prefix_first_where_a_window_is_slow_to_compute(
+    engine: Harness,
+) -> None:
+    """A cursor move recomputes the whole window in SPM: where that takes over a second (a
+    large model on a CPU), "auto" puts the prefix first; where it is quick, SPM stays."""
+    backend = engine.backend
+    tokens = engine.builder.budget.tokens
+    backend.prefill_rate = tokens / 2  # a window takes 2 s
+    assert engine.layout() == "psm_line"
+    backend.prefill_rate = tokens * 4  # a quarter of a second
+    assert engine.layout() == "spm"
+    backend.prefill_rate = None  # a GPU or a serving engine: no rate reported
+    assert engine.layout() == "spm"
+    engine.configure(EngineSettings.from_options(Options(fim_layout="spm")))
+    backend.prefill_rate = 1.0
+    assert engine.layout() == "spm"
+
+
 def test_context_budget_fits_prompt_and_generation_in_the_positions(
     engine: Harness,
 ) -> None:

@@ -27,6 +27,9 @@ RESERVED_TOKENS = 3 + 16
 DEVICE_PREFILL_SECONDS = 2.0
 DEVICE_MIN_TOKENS = 512
 DEVICE_STEP_TOKENS = 256
+# fimLayout "auto" puts the prefix first where a whole window takes longer than this to compute
+# from scratch (the first request after a cursor move should take about a second at most).
+AUTO_PSM_SECONDS = 1.0
 MiB = 1 << 20
 BUDGET_STOPS = frozenset({"max_tokens", "time", "context"})  # the model had not finished
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -92,11 +95,19 @@ class Engine:
         return max(DEVICE_MIN_TOKENS, steps * DEVICE_STEP_TOKENS)
 
     def layout(self) -> Layout:
-        """SPM (or PSM with the cursor line last, when the settings ask for PSM) where the
-        tokenizer has FIM tokens; plain text otherwise."""
+        """The FIM layout the settings ask for where the tokenizer has FIM tokens (plain text
+        otherwise). "auto": prefix first (psm_line: a cursor move costs the lines moved over
+        and the capped suffix) where the backend computes a whole prompt window from scratch
+        in more than AUTO_PSM_SECONDS; SPM elsewhere (a move is cheap there too, and the
+        packaged model completes SPM prompts better: tests/bench/accept.py)."""
         if self.tokenizer.fim is None:
             return "plain"
-        return "psm_line" if self.settings.fim_layout == "psm" else "spm"
+        wanted = self.settings.fim_layout
+        if wanted == "auto":
+            rate = getattr(self.backend, "prefill_rate", None)
+            slow = rate is not None and self.builder.budget.tokens > rate * AUTO_PSM_SECONDS
+            wanted = "psm" if slow else "spm"
+        return "psm_line" if wanted == "psm" else "spm"
 
     def forget(self, uri: str) -> None:
         """Drop a closed document's cache entries and windows."""

@@ -65,7 +65,9 @@ class EngineSettings:
 
     context_tokens: int | None = None  # None: as many as the model's positions allow
     cache_budget_mb: int = 1024
-    fim_layout: str = "auto"  # "auto" or "spm": SPM; "psm": PSM with the cursor line last
+    # "spm": SPM; "psm": PSM with the cursor's line (and what is typed after it) last, the
+    # suffix capped; "auto": PSM where a whole window is slow to compute, else SPM (pipeline.py)
+    fim_layout: str = "auto"
     max_new_tokens: int = 64  # room kept for generation in the model's positions
 
     @classmethod

@@ -4,6 +4,17 @@ all in the same run, on bigcode/tiny_starcoder_py's shape with random weights.
 
     .venv/bin/python tests/bench/keystroke.py [--dtype fp32|bf16|fp32p|bf16p|int8|int8h]
         [--keystrokes N] [--threads N] [--isa avx512|avx2] [--weights auto|fp32|bf16|f16]
+        [--moves [--context N] [--variants spm-old,spm,psm-one,psm]]
+
+--moves: cursor moves instead, in the stdlib's textwrap.py (491 lines) as a whole: the file is
+opened, then the cursor goes to another line (near and far, back and forth), a request, and
+a short line is typed there with a request after each character. Each layout variant replays
+the same session on its own prompt builder and store, interleaved move by move (A B A B):
+spm-old is SPM with the suffix taking a quarter of the budget (the layout before prefix-first),
+spm the same with the suffix capped (cache.window.SUFFIX_CAP), psm-one psm_line with one entry
+per document, psm psm_line with the document's spare (the longest prompt kept). Reported per
+variant: tokens computed and ms to the first token of the first request after a move and of
+the typing requests (p50 / p95 / max), and each prompt is checked against layout_ids.
 
 fp32 and bf16 run as the server runs them, on the decode path make_decoder chooses (the native
 kernels of model.native where the CPU has them); fp32p and bf16p run the PyTorch path; int8 is
@@ -32,6 +43,7 @@ from typing import Any
 import torch
 
 from cache import ContextBudget, PrefixStore, PromptBuilder, layout_ids
+from cache.window import SUFFIX_CAP
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, native
 from model.decoders import Decoder, make_decoder
 from model.hardware import cpu_name
@@ -183,6 +195,150 @@ def run_keystroke(
     return row
 
 
+# -- cursor moves ---------------------------------------------------------------------------
+
+
+# Where the cursor goes, as line numbers of the file as it is then: back and forth, near and
+# far. At each, MOVE_TYPED is typed at the line's start, a request after each character.
+MOVE_LINES = (290, 120, 126, 400, 60, 310, 302, 470, 200, 215, 90, 380)
+MOVE_TYPED = "n = 0\n"
+NEAR_LINES = 20
+# name -> (layout, suffix cap (None: a quarter of the budget), whether the store keeps spares)
+VARIANTS: dict[str, tuple[str, int | None, bool]] = {
+    "spm-old": ("spm", None, False),
+    "spm": ("spm", SUFFIX_CAP, True),
+    "psm-one": ("psm_line", SUFFIX_CAP, False),
+    "psm": ("psm_line", SUFFIX_CAP, True),
+}
+
+
+@dataclass
+class MoveRequest:
+    variant: str
+    kind: str  # "open", "move" or "type"
+    label: str  # where the cursor went: "line 290 (-10)"
+    lines: int  # how far the cursor went, in lines
+    context: int  # prompt tokens
+    reused: int
+    computed: int
+    ms: float  # prompt build + prefill to the first token's logits
+
+
+State = tuple[str, int, str, str, int]  # text, cursor, kind, label, lines moved
+
+
+def move_session(text: str, moves: int) -> list[State]:
+    """The state of each request: open at the first line, then each of the first `moves`
+    moves and the keystrokes typed after it."""
+    states: list[State] = []
+    line = MOVE_LINES[0] - 5
+    for kind, target in [("open", line), *(("move", n) for n in MOVE_LINES[:moves])]:
+        starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
+        cursor = starts[min(target, len(starts) - 1)]
+        label = f"line {target} ({target - line:+d})"
+        states.append((text, cursor, kind, label, target - line))
+        line = target
+        for key in MOVE_TYPED:
+            text = text[:cursor] + key + text[cursor:]
+            cursor += 1
+            states.append((text, cursor, "type", label, 0))
+        line += 1
+    return states
+
+
+def run_move_request(
+    decoder: Decoder, tok: Tokenizer, builder: PromptBuilder, cache: PrefixStore,
+    variant: str, layout: str, state: State,
+) -> MoveRequest:
+    text, cursor, kind, label, lines = state
+    started = time.perf_counter()
+    prompt = builder.build(URI, text, cursor, layout)
+    with cache.open(prompt.key, decoder) as session:
+        result = session.prefill(prompt.ids)
+        int(result.next_token_logits.argmax())
+    elapsed = time.perf_counter() - started
+    if prompt.ids != layout_ids(layout, tok, text, cursor, prompt.start, prompt.end, prompt.cut):
+        raise AssertionError(f"{variant}: the builder's prompt differs from a fresh one")
+    return MoveRequest(variant, kind, label, lines, len(prompt.ids), result.reused,
+                       result.computed, ms(elapsed))
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
+    p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+    return {"p50": round(statistics.median(values), 1), "p95": round(p95, 1),
+            "max": round(values[-1], 1)}
+
+
+def run_moves(args: argparse.Namespace, decoder: Decoder, tok: Tokenizer) -> None:
+    text = (STDLIB / "textwrap.py").read_text(encoding="utf-8")
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+    setups = {}
+    for name in names:
+        layout, cap, spares = VARIANTS[name]
+        builder = PromptBuilder(tok, ContextBudget(tokens=args.context, suffix_cap=cap))
+        setups[name] = (layout, builder, PrefixStore(spares=spares))
+    log.info("textwrap.py: %d lines, %d tokens; budget %d tokens; decode path %s; cpu %s",
+             text.count("\n"), len(tok.encode_text(text)), args.context, decoder.path, cpu_name())
+    # Warm up the kernels on a throwaway store.
+    warm = PromptBuilder(tok, ContextBudget(tokens=args.context))
+    for cursor in (len(text) // 2, len(text) // 2 + 1):
+        run_move_request(decoder, tok, warm, PrefixStore(), "warm-up", "spm",
+                         (text, cursor, "open", "warm-up", 0))
+    states = move_session(text, args.max_moves)
+    rows: list[MoveRequest] = []
+    print(f"{'request':>24} " + " ".join(f"{n + ' ran':>12} {'ms':>8}" for n in names))
+    for i, state in enumerate(states):
+        # A B A B: the variants take turns on each request, so drift hits them alike.
+        turn = names[i % len(names):] + names[: i % len(names)]
+        done = {}
+        for name in turn:
+            layout, builder, cache = setups[name]
+            done[name] = run_move_request(decoder, tok, builder, cache, name, layout, state)
+        rows.extend(done[n] for n in names)
+        what = f"{state[2]} {state[3]}" if state[2] != "type" else "  type"
+        print(f"{what:>24} " + " ".join(
+            f"{done[n].computed:>12} {done[n].ms:>8.1f}" for n in names), flush=True)
+
+    report: dict[str, Any] = {}
+    print()
+    print(f"{'variant':>8} {'requests':>9} {'tokens computed p50/p95/max':>30} "
+          f"{'ms p50/p95/max':>26}")
+    # Near: within NEAR_LINES of the last place (inside any window); far: the rest.
+    groups = {
+        "move": lambda r: r.kind == "move",
+        "near": lambda r: r.kind == "move" and abs(r.lines) <= NEAR_LINES,
+        "far": lambda r: r.kind == "move" and abs(r.lines) > NEAR_LINES,
+        "type": lambda r: r.kind == "type",
+    }
+    for name in names:
+        report[name] = {}
+        for kind, chosen in groups.items():
+            mine = [r for r in rows if r.variant == name and chosen(r)]
+            if not mine:
+                continue
+            computed = percentiles([r.computed for r in mine])
+            timing = percentiles([r.ms for r in mine])
+            report[name][kind] = {"requests": len(mine), "computed": computed, "ms": timing}
+            print(f"{name:>8} {kind + ' x' + str(len(mine)):>9} "
+                  f"{computed['p50']:>10.0f} {computed['p95']:>9.0f} {computed['max']:>9.0f} "
+                  f"{timing['p50']:>9.1f} {timing['p95']:>8.1f} {timing['max']:>8.1f}")
+    opened = {r.variant: r.computed for r in rows if r.kind == "open"}
+    result = {
+        "bench": "keystroke-moves", "shape": "tiny_starcoder_py (random weights)",
+        "dtype": args.dtype, "file": "textwrap.py", "context_budget": args.context,
+        "suffix_cap": SUFFIX_CAP, "moves": min(args.max_moves, len(MOVE_LINES)),
+        "typed_per_move": len(MOVE_TYPED), "near_lines": NEAR_LINES,
+        "open_computed": opened, "variants": report, "decode_path": decoder.path,
+        "stores": {n: asdict(setups[n][2].stats.snapshot()) for n in names},
+        "machine": machine(),
+    }
+    print(json.dumps(result))
+
+
 def summary(rows: list[Keystroke], field: str) -> dict[str, float]:
     values = sorted(v for r in rows if (v := getattr(r, field)) is not None)
     p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
@@ -211,6 +367,14 @@ def main() -> None:
                         f"{' or '.join(native.ISA_FLAGS)} (refused where the CPU lacks it)")
     parser.add_argument("--weights", default=None, choices=["auto", *native.WEIGHT_FORMATS],
                         help="how the native kernels store an fp32 model's matrices")
+    parser.add_argument("--moves", action="store_true",
+                        help="cursor moves in textwrap.py instead of typing at one place")
+    parser.add_argument("--context", type=int, default=6144,
+                        help="--moves: the prompt's token budget (the whole file: 6144)")
+    parser.add_argument("--max-moves", type=int, default=len(MOVE_LINES),
+                        help=f"--moves: the first N of the {len(MOVE_LINES)} moves")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"--moves: comma-separated, of {', '.join(VARIANTS)}")
     args = parser.parse_args()
     if args.keystrokes < 2 or args.full_every < 1:
         parser.error("--keystrokes must be at least 2 and --full-every at least 1")
@@ -231,8 +395,13 @@ def main() -> None:
     if args.dtype in INT8_DTYPES:
         quantize_int8(lm, include_lm_head=INT8_DTYPES[args.dtype])
     decoder = make_decoder(lm, "torch" if args.dtype in ("fp32p", "bf16p") else "auto")
+    if args.moves:
+        run_moves(args, decoder, tok)
+        return
     cache = PrefixStore()
-    builder = PromptBuilder(tok, ContextBudget(tokens=CONTEXT_TOKENS + 256))
+    # The whole file in the prompt, its text after the cursor too (no suffix cap): the context
+    # the figures in the README were measured at.
+    builder = PromptBuilder(tok, ContextBudget(tokens=CONTEXT_TOKENS + 256, suffix_cap=None))
     isa = getattr(decoder, "isa", None)
     log.info("file: %d tokens, %d characters; cursor at %d; decode path %s (%s); cpu %s",
              len(tok.encode(text)), len(text), cursor, decoder.path, isa or "no native ISA",
