@@ -252,9 +252,12 @@ LONG = "# " + "the quick brown fox " * 20  # the packaged model goes on for hund
 
 
 ASKED = 800  # tokens the generation may run to; the model goes on that long unless stopped
-# Tokens llama-server may still make after the client has gone: it checks the connection
-# between tokens.
-AFTER_CLOSE = 45
+# Tokens an engine may still make after the client has gone. Both notice it between tokens
+# (llama-server's HTTP thread, vLLM's API server loop) and stop within a few (3-8 measured),
+# but the packaged model makes a token every 2-5 ms, so the tenths of a second a loaded machine
+# can delay the noticing are tens of tokens (23-237 seen for llama-server beside other work);
+# a model of a billion parameters makes a few tokens in that time.
+AFTER_CLOSE = ASKED // 3
 
 
 def settled(url: str, counter: str) -> float:
@@ -293,7 +296,7 @@ def test_a_closed_stream_stops_llama_server(llama: llamacpp.LlamaServer, key_env
     assert 3 <= predicted <= 3 + AFTER_CLOSE, predicted
     assert backend.stats.cancelled == 1
     # Left alone, the same generation runs far past that bound: the close is what stopped it.
-    assert read_then_close(backend, ASKED) > 3 * AFTER_CLOSE
+    assert read_then_close(backend, ASKED) > 3 + AFTER_CLOSE
 
 
 def test_a_closed_stream_stops_vllm(vllm_server: vllm.VllmServer, key_env: str) -> None:
@@ -304,10 +307,7 @@ def test_a_closed_stream_stops_vllm(vllm_server: vllm.VllmServer, key_env: str) 
     before = metrics(vllm_server.url)["vllm:generation_tokens_total"]
     assert read_then_close(backend, 3) == 3
     generated = settled(vllm_server.url, "vllm:generation_tokens_total") - before
-    # vLLM's API server notices the client gone on its event loop and aborts the request in
-    # the engine's next step: 5-11 tokens on a quiet machine, more while other processes hold
-    # both cores (24 and 88 seen), never the generation's length.
-    assert 3 <= generated <= ASKED // 4, generated
+    assert 3 <= generated <= 3 + AFTER_CLOSE, generated
 
 
 # -- faults ------------------------------------------------------------------------------
