@@ -161,37 +161,21 @@ def assert_same_session(local: list[str], remote: list[str]) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_llama_server_suggestions_equal_in_process_ones(
-        local_session: list[str], llama: llamacpp.LlamaServer, key_env: str,
-        tmp_path: Path) -> None:
-    remote, status = await remote_session(tmp_path, {"kind": "llamacpp", "url": llama.url,
+@pytest.mark.parametrize(("kind", "engine_fixture"), [
+    ("llamacpp", "llama"),  # llama-server on the f32 GGUF of the same weights
+    ("vllm", "vllm_server"),
+    ("openai", "vllm_server"),  # the plain dialect: text back, re-tokenized here
+])
+async def test_suggestions_through_the_engine_equal_in_process_ones(
+        kind: str, engine_fixture: str, local_session: list[str], key_env: str,
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue(engine_fixture)
+    remote, status = await remote_session(tmp_path, {"kind": kind, "url": server.url,
                                                      "apiKeyEnv": key_env})
     assert_same_session(local_session, remote)
-    assert status["engine"]["kind"] == "llamacpp"
-    assert status["decodePath"] == "engine:llamacpp"
-    log = (tmp_path / "server.log").read_text()
-    assert KEY not in log
-
-
-@pytest.mark.asyncio(loop_scope="module")
-async def test_vllm_suggestions_equal_in_process_ones(
-        local_session: list[str], vllm_server: vllm.VllmServer, key_env: str,
-        tmp_path: Path) -> None:
-    remote, status = await remote_session(tmp_path, {"kind": "vllm", "url": vllm_server.url,
-                                                     "apiKeyEnv": key_env})
-    assert_same_session(local_session, remote)
-    assert status["engine"]["model"] == "default"
+    assert status["engine"]["kind"] == kind
+    assert status["decodePath"] == f"engine:{kind}"
     assert KEY not in (tmp_path / "server.log").read_text()
-
-
-@pytest.mark.asyncio(loop_scope="module")
-async def test_openai_dialect_on_vllm_equals_in_process_text(
-        local_session: list[str], vllm_server: vllm.VllmServer, key_env: str,
-        tmp_path: Path) -> None:
-    """The plain OpenAI dialect (text back, ids re-tokenized here) gives the same text."""
-    remote, _ = await remote_session(tmp_path, {"kind": "openai", "url": vllm_server.url,
-                                                "apiKeyEnv": key_env})
-    assert_same_session(local_session, remote)
 
 
 # -- the engine's prefix cache while typing ------------------------------------------------
