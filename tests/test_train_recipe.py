@@ -193,3 +193,93 @@ def test_epochs_are_reproducible_and_differ_by_seed() -> None:
 def test_chunk_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_tokens"):
         chunk_text("abc", [(0, 1)], max_tokens=0)
+
+
+# -- training that survives sessions --------------------------------------------------------
+
+
+def write_corpus(folder: Path) -> None:
+    """A tiny corpus with packages, as model.train.corpus writes it."""
+    from model.train.data import Corpus, save_corpus
+    train = [SourceFile(f"pkg{p}/mod{i}.py", CODE.replace("add", f"add_{p}_{i}") * 2, f"pkg{p}")
+             for p in range(2) for i in range(2)]
+    held_out = [SourceFile("held/x.py", CODE.replace("Point", "Vector") * 3, "held")]
+    save_corpus(Corpus(train, held_out), folder)
+
+
+def tiny_run(run_dir: Path, data: Path, *extra: str) -> dict[str, object]:
+    from model.train.train import parse_args, run
+    args = ["--data", str(data), "--layout", "repos", "--vocab-size", "300", "--n-layer", "1",
+            "--n-embd", "32", "--n-head", "2", "--seq-len", "32", "--batch-size", "2",
+            "--warmup-steps", "2", "--eval-rows", "2", "--precision", "fp32", "--threads", "1",
+            "--seed", "5", *extra]
+    if "--resume" not in extra:
+        args = ["--run-dir", str(run_dir), *args]
+    return run(parse_args(args))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_equals_one_uninterrupted_run(tmp_path: Path) -> None:
+    import json
+
+    from safetensors.torch import load_file
+    data = tmp_path / "data"
+    write_corpus(data)
+    whole = tiny_run(tmp_path / "whole", data, "--steps", "12")
+    assert whole["complete"] is True
+    half = tiny_run(tmp_path / "split", data, "--steps", "12", "--session-steps", "5")
+    assert half["complete"] is False and half["steps"] == 5
+    assert not (tmp_path / "split" / "final").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        tiny_run(tmp_path / "split", data, "--steps", "12")
+    rest = run_resume(tmp_path / "split")
+    assert rest["complete"] is True and rest["steps"] == 12 and rest["tokens"] == whole["tokens"]
+    a = load_file(tmp_path / "whole" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].equal(b[key]), key
+    assert rest["held_out_loss"] == whole["held_out_loss"]
+    rows = [json.loads(line) for line in
+            (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 5, 12]  # one log across the sessions
+    assert rows[1]["epoch"] == 0 and rows[2]["epoch"] >= 1  # the data position crossed epochs
+    assert all("held_out_bpb" in r and "tokens" in r for r in rows)
+
+
+def run_resume(run_dir: Path) -> dict[str, object]:
+    from model.train.train import parse_args, run
+    return run(parse_args(["--resume", str(run_dir), "--threads", "1"]))
+
+
+def test_only_runs_scheduled_by_steps_or_tokens_resume(tmp_path: Path) -> None:
+    from model.train.train import parse_args
+    (tmp_path / "train_state.pt").write_bytes(b"")
+    (tmp_path / "train_args.json").write_text('{"steps": null}')
+    with pytest.raises(ValueError, match="wall-clock"):
+        parse_args(["--resume", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="train_state.pt"):
+        parse_args(["--resume", str(tmp_path / "nothing")])
+    args = parse_args(["--run-dir", str(tmp_path), "--total-tokens", "1e6", "--batch-size", "4",
+                       "--seq-len", "1000"])
+    assert args.steps == 250
+
+
+# -- evaluation on held-out packages -------------------------------------------------------
+
+
+def test_held_out_packages_are_sampled_each_on_its_own_and_reported_beside_xz() -> None:
+    from model.train.evaluate import per_package, sample_packages, xz_bits_per_byte
+    files = [SourceFile(f"{p}/m{i}.py", CODE * (i + 1), p) for p in ("a", "b") for i in range(6)]
+    chosen = sample_packages(files, max_bytes=3 * len(CODE))
+    for p in ("a", "b"):
+        mine = [f for f in chosen if f.package == p]
+        assert mine and sum(f.nbytes for f in mine) <= 3 * len(CODE)
+    assert sample_packages(files, None) == files
+    assert sample_packages(list(reversed(files)), 3 * len(CODE)) == [
+        f for p in ("b", "a") for f in chosen if f.package == p]
+    bits = [8.0 * f.nbytes for f in files[:6]] + [2.0 * f.nbytes for f in files[6:]]
+    rows = per_package(files, bits)
+    assert [(r["package"], r["files"], r["bits_per_byte"]) for r in rows] == [
+        ("a", 6, 8.0), ("b", 6, 2.0)]
+    assert rows[0]["xz_bits_per_byte"] == round(xz_bits_per_byte([f.text for f in files[:6]]), 4)

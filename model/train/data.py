@@ -2,7 +2,8 @@
 
 Files are read as UTF-8, deduplicated (exactly and by near-identical line sets) and split into
 training and held-out sets by a hash of their relative path, so the split never depends on
-which other files exist or on the order they are read in.
+which other files exist or on the order they are read in. `load_corpus` also reads the
+package corpus that model/train/corpus.py writes (same files, each row with its package).
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ NEAR_DUPLICATE_JACCARD = 0.7
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One source file: its path relative to the library root and its text (\\n line ends)."""
+    """One source file: its path relative to the library root (or inside its package's wheel),
+    its text (\\n line ends) and the package it comes from ("" for the stdlib-only corpus)."""
 
     path: str
     text: str
+    package: str = ""
 
     @property
     def nbytes(self) -> int:
@@ -179,12 +182,15 @@ def collect_corpus(root: Path | None = None, with_tests: bool = False) -> Corpus
 
 
 def save_corpus(corpus: Corpus, folder: Path) -> None:
-    """Write train.jsonl and held_out.jsonl (one {"path", "text"} object a line)."""
+    """Write train.jsonl and held_out.jsonl (one {"path", "text"[, "package"]} object a line)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, files in (("train", corpus.train), ("held_out", corpus.held_out)):
         with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as out:
             for f in files:
-                out.write(json.dumps({"path": f.path, "text": f.text}) + "\n")
+                row = {"path": f.path, "text": f.text}
+                if f.package:
+                    row["package"] = f.package
+                out.write(json.dumps(row) + "\n")
 
 
 def read_jsonl(path: Path) -> list[SourceFile]:
@@ -193,7 +199,7 @@ def read_jsonl(path: Path) -> list[SourceFile]:
         for number, line in enumerate(lines, 1):
             try:
                 row = json.loads(line)
-                files.append(SourceFile(row["path"], row["text"]))
+                files.append(SourceFile(row["path"], row["text"], row.get("package", "")))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{number}: not a {{path, text}} row ({exc})") from None
     return files

@@ -1,7 +1,11 @@
-"""Score a checkpoint on the held-out standard-library files: bits per byte beside `xz -9`,
-next-line exact match, and single-line fill-in-the-middle exact match in PSM and SPM layouts.
+"""Score a checkpoint on held-out files: bits per byte beside `xz -9e` (overall and per
+package), next-line exact match, and single-line fill-in-the-middle exact match in PSM and SPM.
 
-    python -m model.train.evaluate --model default
+    python -m model.train.evaluate --model default                  # held-out stdlib files
+    python -m model.train.evaluate --model default --data runs/corpus --max-bytes-per-package 400000
+
+With --data a corpus folder of model.train.corpus, the held-out files are its held-out packages
+(never trained on); --max-bytes-per-package samples each package's files by a hash of the path.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +32,7 @@ from ..kv_cache import KVCache
 from ..modeling import GPTBigCodeForCausalLM
 from .data import SourceFile, load_corpus
 from .fim import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from .realcode import RealFile, sample
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +206,36 @@ def rate(hits: Sequence[bool]) -> float:
 # -- the report -----------------------------------------------------------------------------
 
 
+def sample_packages(files: Sequence[SourceFile], max_bytes: int | None) -> list[SourceFile]:
+    """Each package's files (all, or a sample of about max_bytes fixed by path hashes)."""
+    if max_bytes is None:
+        return list(files)
+    by_path = {(f.package, f.path): f for f in files}
+    chosen: list[SourceFile] = []
+    for package in dict.fromkeys(f.package for f in files):
+        real = [RealFile(package, f.path, "python", f.text) for f in files if f.package == package]
+        chosen += [by_path[package, r.path] for r in sample(real, max_bytes)]
+    return chosen
+
+
+def per_package(files: Sequence[SourceFile], bits: Sequence[float]) -> list[dict[str, object]]:
+    """Bits per byte of the model and of xz -9e for each package's files."""
+    rows = []
+    for package in dict.fromkeys(f.package for f in files):
+        mine = [(f, b) for f, b in zip(files, bits, strict=True) if f.package == package]
+        nbytes = sum(f.nbytes for f, _ in mine)
+        rows.append({"package": package or "(no package)", "files": len(mine), "bytes": nbytes,
+                     "bits_per_byte": round(sum(b for _, b in mine) / nbytes, 4),
+                     "xz_bits_per_byte": round(xz_bits_per_byte([f.text for f, _ in mine]), 4)})
+    return rows
+
+
 def evaluate(scorer: Scorer, files: Sequence[SourceFile], lines: int, seed: int, stride: int,
              max_new: int) -> dict[str, object]:
     started = time.monotonic()
     nbytes = sum(f.nbytes for f in files)
-    bits = sum(file_nll_bits(scorer, f.text, stride) for f in files)
+    file_bits = [file_nll_bits(scorer, f.text, stride) for f in files]
+    bits = sum(file_bits)
     log.info("bits per byte done (%.0f s)", time.monotonic() - started)
     next_sites = sample_lines(files, lines, seed)
     next_line = [next_line_match(scorer, s, max_new) for s in next_sites]
@@ -218,13 +249,14 @@ def evaluate(scorer: Scorer, files: Sequence[SourceFile], lines: int, seed: int,
         "next_line_exact_match": round(rate(next_line), 4), "next_line_samples": len(next_line),
         "fim_psm_exact_match": round(rate(psm), 4), "fim_spm_exact_match": round(rate(spm), 4),
         "fim_samples": len(fim_sites), "seconds": round(time.monotonic() - started, 1),
+        "packages": per_package(files, file_bits),
     }
 
 
 def print_report(name: str, result: dict[str, object]) -> None:
     rows = [
         ("bits per byte, model", f"{result['bits_per_byte']:.3f}"),
-        ("bits per byte, xz -9e (floor)", f"{result['xz_bits_per_byte']:.3f}"),
+        ("bits per byte, xz -9e (baseline)", f"{result['xz_bits_per_byte']:.3f}"),
         ("next-line exact match", f"{result['next_line_exact_match']:.1%} "
                                   f"of {result['next_line_samples']}"),
         ("FIM exact match, PSM", f"{result['fim_psm_exact_match']:.1%} of {result['fim_samples']}"),
@@ -233,6 +265,12 @@ def print_report(name: str, result: dict[str, object]) -> None:
     print(f"{name}: {result['held_out_files']} held-out files, {result['held_out_bytes']} bytes")
     for label, value in rows:
         print(f"  {label:<32} {value}")
+    packages = cast(list[dict[str, object]], result["packages"])
+    if len(packages) > 1:
+        print(f"  {'package':<24} {'files':>6} {'bytes':>10} {'bpb':>7} {'xz -9e':>7}")
+        for p in packages:
+            print(f"  {p['package']!s:<24} {p['files']:>6} {p['bytes']:>10} "
+                  f"{p['bits_per_byte']:>7.3f} {p['xz_bits_per_byte']:>7.3f}")
     print(json.dumps({"model": name, **result}))
 
 
@@ -241,6 +279,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="default", help="checkpoint folder, or 'default'")
     p.add_argument("--data", type=Path, default=None,
                    help="corpus cache folder (default: read this interpreter's library)")
+    p.add_argument("--max-bytes-per-package", type=int, default=None,
+                   help="sample each held-out package down to about this many bytes")
     p.add_argument("--lines", type=int, default=200, help="lines sampled for each exact match")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stride", type=int, default=None,
@@ -257,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     scorer = Scorer.load(args.model, args.bf16)
-    files = load_corpus(args.data).held_out
+    files = sample_packages(load_corpus(args.data).held_out, args.max_bytes_per_package)
     stride = args.stride or scorer.n_positions // 2
     result = evaluate(scorer, files, args.lines, args.seed, stride, args.max_new_tokens)
     print_report(args.model, result)

@@ -1,10 +1,17 @@
-"""Train the default model: a small multi-query GPTBigCode on the standard library, with FIM.
+"""Train the default model: a small multi-query GPTBigCode, with FIM, on the standard library
+or on a corpus of packages (model/train/corpus.py) in StarCoder's repository format.
 
     python -m model.train.train --run-dir runs/default --minutes 60
+    python -m model.train.train --run-dir runs/r1 --data runs/corpus --layout repos \
+        --total-tokens 60e6 --minutes 110      # one session's share; then, in later sessions:
+    python -m model.train.train --resume runs/r1 --minutes 110
 
-The learning-rate schedule (linear warmup, cosine decay) runs on wall-clock progress through
---minutes, so the run ends on time however fast the machine is; --steps N replaces the clock
-with a fixed step count for an exact replay of a run that took N steps.
+With --total-tokens (or --steps) the learning-rate schedule (linear warmup, cosine decay) is
+defined over steps, --minutes only ends this session, and RUN_DIR/train_state.pt (model, AdamW
+state, RNG states, data position, step; written every --checkpoint-minutes and at the end of a
+session, atomically) lets --resume continue the same run exactly: N steps in one session give
+the same weights as N/2 and a resumed N/2. Without them the schedule runs on wall-clock
+progress through --minutes (the packaged model's recipe), and such a run cannot be resumed.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from tokenizers import Tokenizer
@@ -32,18 +39,31 @@ from ..hardware import cpu_bf16_native, cpu_name
 from ..modeling import GPTBigCodeForCausalLM
 from .data import SourceFile, load_corpus
 from .fim import EOT, EncodeBatch, build_sequences, chunk_text, pack
+from .repo_format import Repository, build_repository_sequences, repositories
 from .tokenizer_recipe import save_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 # Fixed-length samples carry their FIM sentinels and <|endoftext|> besides the chunk itself.
 SAMPLE_OVERHEAD_TOKENS = 4
+STATE_FILE = "train_state.pt"
+ARGS_FILE = "train_args.json"
+# What a resumed session may change; everything else comes from the run's train_args.json.
+SESSION_ARGS = frozenset({"minutes", "threads", "checkpoint_minutes", "eval_minutes",
+                          "compile", "session_steps", "resume"})
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run-dir", type=Path, required=True,
-                   help="output folder: checkpoint/, final/, metrics.jsonl")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="output folder: checkpoint/, final/, metrics.jsonl, train_state.pt")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its train_state.pt, with its "
+                        "arguments (this command's --minutes, --threads, --checkpoint-minutes, "
+                        "--eval-minutes, --compile, --session-steps apply)")
+    p.add_argument("--layout", choices=("files", "repos"), default="files",
+                   help="files: each file a FIM sample; repos: StarCoder's repository format "
+                        "(a corpus with packages, from model.train.corpus)")
     p.add_argument("--data", type=Path, default=Path("runs/data"), help="corpus cache folder")
     p.add_argument("--with-tests", action="store_true",
                    help="add the stdlib test suites to the training set (not to held-out)")
@@ -64,8 +84,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--fim-rate", type=float, default=0.5)
     p.add_argument("--spm-rate", type=float, default=0.5)
-    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of the run")
-    p.add_argument("--steps", type=int, default=None, help="fixed step count instead of --minutes")
+    p.add_argument("--minutes", type=float, default=60.0,
+                   help="wall-clock budget: of the schedule without --steps/--total-tokens, "
+                        "else of this session")
+    p.add_argument("--steps", type=int, default=None, help="the schedule's length in steps")
+    p.add_argument("--total-tokens", type=float, default=None,
+                   help="the schedule's length in training tokens (steps = this / "
+                        "(batch-size * seq-len), rounded up)")
+    p.add_argument("--session-steps", type=int, default=None,
+                   help="end this session after this many more steps (state saved)")
     p.add_argument("--eval-minutes", type=float, default=5.0, help="held-out loss interval")
     p.add_argument("--eval-rows", type=int, default=32, help="held-out sequences per evaluation")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
@@ -77,7 +104,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="run the training forward/backward through torch.compile "
                         "(about 15%% more tokens a second on a 2-core CPU; ~1 min to compile)")
     p.add_argument("--seed", type=int, default=1234)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.run_dir is None) == (args.resume is None):
+        p.error("give exactly one of --run-dir and --resume")
+    if args.steps is not None and args.total_tokens is not None:
+        p.error("give --steps or --total-tokens, not both")
+    if args.resume is not None:
+        args = resumed_args(args)
+    elif args.total_tokens is not None:
+        args.steps = math.ceil(args.total_tokens / (args.batch_size * args.seq_len))
+    return args
+
+
+def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The run's saved arguments, with this session's SESSION_ARGS."""
+    saved_path = args.resume / ARGS_FILE
+    if not (args.resume / STATE_FILE).is_file() or not saved_path.is_file():
+        raise FileNotFoundError(f"{args.resume}: no {STATE_FILE} and {ARGS_FILE} to resume from")
+    saved = json.loads(saved_path.read_text())
+    if saved.get("steps") is None:
+        raise ValueError(f"{args.resume}: its schedule runs on wall-clock time; only runs with "
+                         f"--steps or --total-tokens can be resumed")
+    merged = argparse.Namespace(**saved)
+    for key in SESSION_ARGS:
+        setattr(merged, key, getattr(args, key))
+    for key in ("run_dir", "data", "tokenizer", "init_from"):
+        value = getattr(merged, key)
+        setattr(merged, key, None if value is None else Path(value))
+    return merged
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -102,31 +156,65 @@ def training_chunks(files: Sequence[SourceFile], tok: Tokenizer, seq_len: int
 
 def held_out_rows(files: Sequence[SourceFile], tok: Tokenizer, seq_len: int, rows: int
                   ) -> tuple[torch.Tensor, float]:
-    """The first `rows` plain-text held-out sequences (rows, seq_len), and bytes per token."""
+    """`rows` plain-text held-out sequences (rows, seq_len) spread evenly over the held-out
+    text (so every held-out package has its share), and the text's bytes per token."""
     ids = encoder(tok)([f.text for f in files])
     tokens = sum(len(x) for x in ids)
     bytes_per_token = sum(f.nbytes for f in files) / tokens
-    return pack(([*x, EOT] for x in ids), seq_len)[:rows], bytes_per_token
+    packed = pack(([*x, EOT] for x in ids), seq_len)
+    if len(packed) <= rows:
+        return packed, bytes_per_token
+    return packed[torch.linspace(0, len(packed) - 1, rows).long()], bytes_per_token
 
 
-def epoch_batches(chunks: Sequence[str], tok: Tokenizer, args: argparse.Namespace, epoch: int
-                  ) -> Iterator[torch.Tensor]:
-    """Shuffled (batch_size, seq_len) batches of one epoch; FIM is drawn anew each epoch."""
+TrainingText = list[str] | list[Repository]
+
+
+def training_repositories(files: Sequence[SourceFile], tok: Tokenizer, seq_len: int
+                          ) -> tuple[list[Repository], int]:
+    """Files grouped by package, each cut like training_chunks; and the files' token count.
+
+    Encoded a few hundred files at a time: a tokenizers Encoding keeps each token's string and
+    offsets, gigabytes for a 100 MB corpus at once.
+    """
+    limit = seq_len - SAMPLE_OVERHEAD_TOKENS
+    pieces: list[list[str]] = []
+    tokens = 0
+    for start in range(0, len(files), 256):
+        batch = files[start:start + 256]
+        encodings = tok.encode_batch([f.text for f in batch], add_special_tokens=False)
+        pieces += [chunk_text(f.text, e.offsets, limit)
+                   for f, e in zip(batch, encodings, strict=True)]
+        tokens += sum(len(e.ids) for e in encodings)
+    return repositories(files, pieces), tokens
+
+
+def epoch_rows(text: TrainingText, tok: Tokenizer, args: argparse.Namespace, epoch: int
+               ) -> torch.Tensor:
+    """One epoch's packed rows (N, seq_len), in a shuffled order; FIM drawn anew each epoch."""
     seed = args.seed * 1000 + epoch
-    rows = build_sequences(chunks, encoder(tok), args.seq_len, seed, args.fim_rate,
-                           args.spm_rate)  # (N, seq_len)
+    if args.layout == "repos":
+        rows = build_repository_sequences(cast(list[Repository], text), encoder(tok),
+                                          args.seq_len, seed, args.fim_rate, args.spm_rate)
+    else:
+        rows = build_sequences(cast(list[str], text), encoder(tok), args.seq_len, seed,
+                               args.fim_rate, args.spm_rate)
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
-    for start in range(0, len(rows) - args.batch_size + 1, args.batch_size):
-        yield rows[order[start:start + args.batch_size]]
+    return rows[order]
 
 
-def endless_batches(chunks: Sequence[str], tok: Tokenizer, args: argparse.Namespace
-                    ) -> Iterator[tuple[int, torch.Tensor]]:
-    epoch = 0
+def batches_from(text: TrainingText, tok: Tokenizer, args: argparse.Namespace, epoch: int,
+                 index: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(epoch, batch index, batch (batch_size, seq_len)) from the given position on, for ever."""
     while True:
-        for batch in epoch_batches(chunks, tok, args, epoch):
-            yield epoch, batch
-        epoch += 1
+        rows = epoch_rows(text, tok, args, epoch)
+        count = len(rows) // args.batch_size
+        if count == 0:
+            raise ValueError(f"the training data fill {len(rows)} rows of {args.seq_len} "
+                             f"tokens, fewer than one batch of {args.batch_size}")
+        for i in range(index, count):
+            yield epoch, i, rows[i * args.batch_size:(i + 1) * args.batch_size].long()
+        epoch, index = epoch + 1, 0
 
 
 # -- model and optimiser --------------------------------------------------------------------
@@ -198,6 +286,41 @@ def save_checkpoint(model: GPTBigCodeForCausalLM, tok_dir: Path, folder: Path,
     partial.rename(folder)
 
 
+def save_state(model: GPTBigCodeForCausalLM, optimizer: torch.optim.Optimizer, state: Progress,
+               run_dir: Path) -> None:
+    """Everything --resume needs, in RUN_DIR/train_state.pt: written beside, then renamed."""
+    payload = {
+        "config": model.config.to_dict(), "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "step": state.step, "epoch": state.epoch,
+        "batch_index": state.batch_index, "tokens": state.tokens,
+        "train_loss": state.train_loss, "seconds": state.total_seconds,
+        "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+    }
+    partial = run_dir / (STATE_FILE + ".partial")
+    with open(partial, "wb") as out:
+        torch.save(payload, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, run_dir / STATE_FILE)
+
+
+def load_state(run_dir: Path) -> dict[str, Any]:
+    # weights_only: tensors, numbers, strings and tuples, no arbitrary pickled objects.
+    return cast(dict[str, Any], torch.load(run_dir / STATE_FILE, weights_only=True))
+
+
+def restore(payload: dict[str, Any], model: GPTBigCodeForCausalLM,
+            optimizer: torch.optim.Optimizer, state: Progress) -> None:
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    for key in ("step", "epoch", "batch_index", "tokens", "train_loss"):
+        setattr(state, key, payload[key])
+    state.earlier_seconds = payload["seconds"]
+    torch.set_rng_state(payload["torch_rng"])
+    version, internal, gauss = payload["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+
+
 def build_copy(model: GPTBigCodeForCausalLM) -> GPTBigCodeForCausalLM:
     copy = GPTBigCodeForCausalLM(model.config)
     copy.load_state_dict(model.state_dict())
@@ -205,6 +328,8 @@ def build_copy(model: GPTBigCodeForCausalLM) -> GPTBigCodeForCausalLM:
 
 
 def prepare_tokenizer(args: argparse.Namespace, train: Sequence[SourceFile]) -> Path:
+    if args.resume is not None and args.init_from is None and args.tokenizer is None:
+        return Path(args.run_dir / "tokenizer")
     if args.init_from is not None:
         return Path(args.init_from)
     if args.tokenizer is not None:
@@ -229,12 +354,19 @@ class Progress:
     max_steps: int | None
     step: int = 0
     epoch: int = 0
+    batch_index: int = 0  # of the next batch within the epoch
     tokens: int = 0
     train_loss: float = float("nan")
+    earlier_seconds: float = 0.0  # training time of the run's earlier sessions
 
     @property
     def elapsed(self) -> float:
+        """This session's seconds."""
         return time.monotonic() - self.started
+
+    @property
+    def total_seconds(self) -> float:
+        return self.earlier_seconds + self.elapsed
 
     @property
     def fraction(self) -> float:
@@ -264,7 +396,7 @@ def evaluate_and_record(model: GPTBigCodeForCausalLM, rows: torch.Tensor, bytes_
                         state: Progress, args: argparse.Namespace, autocast: bool) -> float:
     """Held-out loss, appended to RUN_DIR/metrics.jsonl and logged."""
     loss = held_out_loss(model, rows, autocast)
-    row = {"step": state.step, "minutes": round(state.elapsed / 60, 2), "epoch": state.epoch,
+    row = {"step": state.step, "minutes": round(state.total_seconds / 60, 2), "epoch": state.epoch,
            "tokens": state.tokens, "train_loss": round(state.train_loss, 4),
            "held_out_loss": round(loss, 4),
            "held_out_bpb": round(loss / math.log(2) / bytes_per_token, 4),
@@ -279,35 +411,61 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     random.seed(args.seed)
     torch.set_num_threads(args.threads)
     autocast = args.precision == "bf16" or (args.precision == "auto" and cpu_bf16_native())
+    resumable = args.steps is not None
+    if args.resume is None and (args.run_dir / STATE_FILE).is_file():
+        raise FileExistsError(f"{args.run_dir} holds a run ({STATE_FILE}): continue it with "
+                              f"--resume {args.run_dir}, or train into another folder")
     args.run_dir.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(args.data, with_tests=args.with_tests)
     log.info("corpus: %s", corpus.summary())
     tok_dir = prepare_tokenizer(args, corpus.train)
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-    chunks, epoch_tokens = training_chunks(corpus.train, tok, args.seq_len)
+    text: TrainingText
+    if args.layout == "repos":
+        text, epoch_tokens = training_repositories(corpus.train, tok, args.seq_len)
+    else:
+        text, epoch_tokens = training_chunks(corpus.train, tok, args.seq_len)
     eval_rows, bytes_per_token = held_out_rows(corpus.held_out, tok, args.seq_len, args.eval_rows)
     model = build_model(args, tok.get_vocab_size())
     model.train()
     optimizer = make_optimizer(model, args)
+    state = Progress(time.monotonic(), args.minutes * 60, args.steps)
+    if args.resume is not None:
+        restore(load_state(args.run_dir), model, optimizer, state)
+        log.info("resuming at step %d of %d (%d tokens seen)", state.step, args.steps,
+                 state.tokens)
+    else:
+        (args.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        saved = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        (args.run_dir / ARGS_FILE).write_text(json.dumps(saved, indent=1) + "\n")
     # The compiled wrapper shares the parameters; evaluation and saving use the plain module.
     step_model = cast(torch.nn.Module, torch.compile(model)) if args.compile else model
     log.info("model: %d layers x %d, %d heads, %.2fM parameters; bf16 autocast: %s; "
-             "%d chunks, %d tokens an epoch", model.config.n_layer, model.config.n_embd,
-             model.config.n_head,
-             model.num_parameters() / 1e6, autocast, len(chunks), epoch_tokens)
-    (args.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    state = Progress(time.monotonic(), args.minutes * 60, args.steps)
-    next_eval = 0.0
+             "%d %s, %d tokens an epoch", model.config.n_layer, model.config.n_embd,
+             model.config.n_head, model.num_parameters() / 1e6, autocast, len(text),
+             args.layout, epoch_tokens)
+
+    def save_all() -> None:
+        save_checkpoint(model, tok_dir, args.run_dir / "checkpoint")
+        if resumable:
+            save_state(model, optimizer, state, args.run_dir)
+
+    def session_over() -> bool:
+        return resumable and (state.elapsed >= args.minutes * 60 or (
+            args.session_steps is not None and state.step - first_step >= args.session_steps))
+
+    first_step = state.step
+    next_eval = 0.0 if state.step == 0 else args.eval_minutes * 60
     next_save = args.checkpoint_minutes * 60
-    for state.epoch, batch in endless_batches(chunks, tok, args):
-        if state.fraction >= 1.0:
-            break
+    batches = batches_from(text, tok, args, state.epoch, state.batch_index)
+    while state.fraction < 1.0 and not session_over():
         if state.elapsed >= next_eval:
             evaluate_and_record(model, eval_rows, bytes_per_token, state, args, autocast)
             next_eval = state.elapsed + args.eval_minutes * 60
         if state.elapsed >= next_save:
-            save_checkpoint(model, tok_dir, args.run_dir / "checkpoint")
+            save_all()
             next_save = state.elapsed + args.checkpoint_minutes * 60
+        epoch, index, batch = next(batches)
         loss = train_step(step_model, optimizer, batch, lr_at(state.step, state.fraction, args),
                           args, autocast)
         if not math.isfinite(loss):
@@ -315,14 +473,19 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         state.observe(loss)
         state.step += 1
         state.tokens += batch.numel()
+        state.epoch, state.batch_index = epoch, index + 1
+    complete = state.fraction >= 1.0
     final_loss = evaluate_and_record(model, eval_rows, bytes_per_token, state, args, autocast)
-    train_seconds = state.elapsed
-    dtype = torch.bfloat16 if args.save_dtype == "bfloat16" else torch.float32
-    save_checkpoint(model, tok_dir, args.run_dir / "final", dtype)
+    if complete:
+        dtype = torch.bfloat16 if args.save_dtype == "bfloat16" else torch.float32
+        save_checkpoint(model, tok_dir, args.run_dir / "final", dtype)
+    if resumable:
+        save_all()
     summary = {
-        "steps": state.step, "tokens": state.tokens,
+        "complete": complete, "steps": state.step, "tokens": state.tokens,
         "epochs": round(state.tokens / epoch_tokens, 2),
-        "train_minutes": round(train_seconds / 60, 2), "held_out_loss": round(final_loss, 4),
+        "train_minutes": round(state.total_seconds / 60, 2),
+        "session_minutes": round(state.elapsed / 60, 2), "held_out_loss": round(final_loss, 4),
         "held_out_bpb": round(final_loss / math.log(2) / bytes_per_token, 4),
         "parameters": model.num_parameters(), "bf16_autocast": autocast,
         "machine": f"{cpu_name()}, {args.threads} threads", "torch": torch.__version__,
@@ -330,7 +493,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     (args.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("done: %s", summary)
+    log.info("%s: %s", "done" if complete else "session over, resume with --resume", summary)
     return summary
 
 
