@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -181,17 +182,23 @@ async def test_suggestions_through_the_engine_equal_in_process_ones(
 # -- the engine's prefix cache while typing ------------------------------------------------
 
 
-def typing_requests(line_anchor: str, typed: str) -> Iterator[CompletionRequest]:
-    text = SAMPLE
-    offset = text.index(line_anchor) + len(line_anchor)
-    for char in typed:
+# A real module long enough to fill the packaged model's window: the engines' caches work in
+# blocks (vLLM's CPU backend: 32 tokens at least), so a short prompt loses a larger share.
+TYPING_TEXT = Path(textwrap.__file__).read_text(encoding="utf-8")
+ANCHOR = "    def _fix_sentence_endings(self, chunks):\n"
+TYPED = "        total = sum(len(chunk) for chunk in chunks) / len(chunks)"
+
+
+def typing_requests() -> Iterator[CompletionRequest]:
+    """TYPED typed into TYPING_TEXT after ANCHOR, a request after each key."""
+    text = TYPING_TEXT
+    offset = text.index(ANCHOR) + len(ANCHOR)
+    for char in TYPED:
         text = text[:offset] + char + text[offset:]
         offset += 1
         yield CompletionRequest("file:///work/typing.py", text, offset)
 
 
-TYPED = "    total = sum(p.x for p in points) / len(points)"
-ANCHOR = '    """The mean of the points\' coordinates."""\n'
 PARAMS = GenerationParams(max_new_tokens=16, min_confidence=0.0, time_budget_ms=60_000)
 
 
@@ -202,7 +209,7 @@ def test_llama_server_reports_the_prompt_cached_while_typing(
     backend = engine.backend
     assert isinstance(backend, RemoteBackend)
     shares = []
-    for i, request in enumerate(typing_requests(ANCHOR, TYPED)):
+    for i, request in enumerate(typing_requests()):
         before = backend.stats.requests
         engine.complete(request, PARAMS)
         assert backend.stats.requests > before  # the engine reported its cache use
@@ -217,7 +224,7 @@ def test_vllm_reports_the_prompt_cached_while_typing(
     engine = load_engine(ModelChoice(engine=RemoteEngine("vllm", vllm_server.url,
                                                          api_key_env=key_env)))
     shares = []
-    for i, request in enumerate(typing_requests(ANCHOR, TYPED)):
+    for i, request in enumerate(typing_requests()):
         before = metrics(vllm_server.url)
         engine.complete(request, PARAMS)
         after = metrics(vllm_server.url)

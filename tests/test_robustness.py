@@ -778,6 +778,11 @@ def _loads_code_or_pickles(tree: ast.AST) -> list[str]:
             found += [n for n in names if n.split(".")[0] in PICKLE_MODULES]
         elif isinstance(node, ast.Call):
             called = ast.unparse(node.func)
+            if called == "torch.load" and any(
+                k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value
+                is True for k in node.keywords
+            ):
+                continue  # torch's restricted unpickler: tensors and plain containers only
             if re.fullmatch(r"(torch|numpy|np)(\.\w+)*\.load|eval|exec|__import__|"
                             r"(importlib\.)?import_module|runpy\.\w+", called):
                 found.append(called)
@@ -792,6 +797,9 @@ def test_no_code_path_loads_pickles_or_runs_imported_code() -> None:
              if (hits := _loads_code_or_pickles(ast.parse(p.read_text(encoding="utf-8"))))}
     assert found == {}
     assert _loads_code_or_pickles(ast.parse("import torch\ntorch.load('w.bin')")) == ["torch.load"]
+    assert _loads_code_or_pickles(ast.parse("torch.load('w.bin', weights_only=False)")) == [
+        "torch.load"]
+    assert _loads_code_or_pickles(ast.parse("torch.load('state.pt', weights_only=True)")) == []
 
 
 def test_pickle_checkpoint_is_refused_without_being_unpickled(
