@@ -295,6 +295,10 @@ async function run() {
     await page.keyboard.press("Enter");
     await until("a new server process", async () => pids().length > before.length);
     const label = await waitReady(page);
+    // The client asks the old server to shut down and exit; on a loaded machine it can still
+    // be finishing a diagnostics pass when the new one is ready.
+    await until("the old server to exit", async () => before.filter(alive).length === 0, 20000)
+      .catch(() => false);
     const after = pids();
     note("restarted", {
       before, after, label,
