@@ -87,8 +87,23 @@ def fetch_source() -> Path:
     return src
 
 
+BUILD_PACKAGES = {"cmake": "cmake", "c++": "g++", "cc": "gcc"}  # Debian's, by the tool
+
+
+def install_build_tools() -> None:
+    """apt-get the build tools that are missing, where that can be done (root, Debian)."""
+    missing = [pkg for tool, pkg in BUILD_PACKAGES.items() if shutil.which(tool) is None]
+    if not missing or shutil.which("apt-get") is None or os.geteuid() != 0:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
+    if subprocess.run(command, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
+        subprocess.run(command, env=env, check=True)
+
+
 def why_not_buildable() -> str | None:
-    for tool in ("cmake", "c++", "cc"):
+    for tool in BUILD_PACKAGES:
         if shutil.which(tool) is None:
             return f"llama-server: {tool} not found (install cmake and a C++ compiler)"
     return None
@@ -99,6 +114,7 @@ def install(variant: str = "native", jobs: int | None = None) -> Path:
     binary = server_binary(variant)
     if binary.is_file():
         return binary
+    install_build_tools()
     reason = why_not_buildable()
     if reason:
         raise RuntimeError(reason)
