@@ -306,14 +306,8 @@ class OpenAIDialect(Dialect):
         choices = event.get("choices") or []
         if not choices:
             return []
-        choice = choices[0]
-        text = choice.get("text") or ""
-        logprobs = choice.get("logprobs") or {}
-        tops = logprobs.get("top_logprobs") or []
-        top = None
-        if tops and isinstance(tops[0], dict):
-            top = {-1 - i: float(v) for i, v in enumerate(tops[0].values())}
-        return [Step(None, text.encode(), None, top)] if text else []
+        text = choices[0].get("text") or ""
+        return [Step(None, text.encode(), None)] if text else []
 
     def usage(self, event: dict[str, Any]) -> tuple[int, int] | None:
         usage = event.get("usage")
@@ -733,14 +727,16 @@ class RemoteStream:
             step.token = ids[0] if len(ids) == 1 else None
         return step
 
-    def _account(self, event: dict[str, Any]) -> None:
+    def _account(self, event: dict[str, Any]) -> bool:
+        """Record the prompt tokens and cached ones the event reports; whether it did."""
         usage = self.backend.dialect.usage(event)
         if usage is None:
-            return
+            return False
         prompt, cached = usage
         self.backend.stats.add(prompt, cached)
         self.usage.reused_tokens, self.usage.computed_tokens = cached, prompt - cached
         self.usage.extra["engine_prompt_tokens"] = prompt
+        return True
 
     def _streamed(self, prompt: list[int], max_tokens: int) -> Iterator[int]:
         backend = self.backend
@@ -769,9 +765,8 @@ class RemoteStream:
             if event is _DONE:
                 return
             deadline = time.monotonic() + backend.endpoint.timeout_s
-            if not accounted and backend.dialect.usage(event) is not None:
-                self._account(event)
-                accounted = True
+            if not accounted:
+                accounted = self._account(event)
             for step in backend.dialect.steps(event):
                 yield from self._emit(step)
                 if self.finish:
