@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol, get_args
 
+from .crossfile import RepoContext, repo_context_ids
 from .window import line_start
 
 # - "spm":      <fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}
@@ -16,7 +17,8 @@ from .window import line_start
 #               while the user types on, so that new lines are appends too)
 # - "plain":    {prefix}, left to right without FIM tokens (diagnostics, non-FIM models)
 # Each piece of text is tokenised on its own and joined with the special ids, so an edit in
-# one piece never changes another's tokens.
+# one piece never changes another's tokens. Context from other files (crossfile.RepoContext:
+# <reponame>, <filename>path and text per file, <filename>path of this one) comes first.
 Layout = Literal["spm", "psm_line", "plain"]
 LAYOUTS: tuple[str, ...] = get_args(Layout)
 
@@ -102,10 +104,12 @@ def layout_ids(
     start: int = 0,
     end: int | None = None,
     cut: int | None = None,
+    context: RepoContext | None = None,
 ) -> list[int]:
     """The prompt ids for the window text[start:end] with the cursor at `cursor` (and, for
-    psm_line, the text before it split at `cut`: see split)."""
+    psm_line, the text before it split at `cut`: see split), after `context` if given."""
     check_layout(layout, tokenizer)
     pieces = split(layout, text, cursor, start, len(text) if end is None else end, cut)
     prefix, line, suffix = (tokenizer.encode_text(t) if t else [] for t in pieces)
-    return assemble(layout, tokenizer.fim, prefix, line, suffix)
+    ahead = [] if context is None else repo_context_ids(tokenizer, context)
+    return ahead + assemble(layout, tokenizer.fim, prefix, line, suffix)

@@ -104,26 +104,33 @@ class Lookup:
 class PrefixStore:
     """Entries per (document uri, layout), least recently used evicted first.
 
-    Besides the entry a request works on, a key may hold one spare: the longest prompt of the
-    document computed so far, kept whole when a later prompt shared less of it (a cursor moved
-    back); a lookup starts from whichever of the two shares more with the prompt. Spares are
-    evicted before entries (`spares=False`: none are kept). `gpu_bytes` and `cpu_bytes` bound
-    the bytes of entries and spares whose buffers live in that memory (None: no bound). An
+    Besides the entry a request works on, a key may hold spares: with `spares=1` (True) one,
+    the longest prompt of the document computed so far, kept whole when a later prompt shared
+    less of it (a cursor moved back); with `spares=n > 1` up to n, each an entry that held at
+    least SPARE_MIN_TOKENS beyond what a later prompt shared with it (a far move, a warmed
+    document prefix beside the prompt being typed at), the least recently used dropped first.
+    A lookup starts from whichever shares most with the prompt. Spares are evicted before
+    entries (`spares=False`: none are kept). `gpu_bytes` and `cpu_bytes` bound the bytes of
+    entries and spares whose buffers live in that memory (None: no bound). An
     entry's ids always equal what its buffers hold: a request works on an entry through a
     CacheSession (cache/session.py), which commits or drops it at the end. One inference
     worker owns a store; it takes no locks.
     """
 
     def __init__(self, *, gpu_bytes: int | None = None, cpu_bytes: int | None = None,
-                 spares: bool = True) -> None:
+                 spares: int = 1) -> None:
         for name, value in (("gpu_bytes", gpu_bytes), ("cpu_bytes", cpu_bytes)):
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0 or None, got {value}")
         self.budgets: dict[MemoryKind, int | None] = {"gpu": gpu_bytes, "cpu": cpu_bytes}
         self.stats = CacheStats()
-        self.keeps_spares = spares  # False: one entry per key, truncated in place
+        if int(spares) < 0:
+            raise ValueError(f"spares must be >= 0, got {spares}")
+        self.max_spares = int(spares)  # per key; 0 (False): one entry, truncated in place
+        self.keeps_spares = self.max_spares > 0
         self._entries: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
-        self._spares: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
+        # Per key, least recently made or used first (one entry each while max_spares is 1).
+        self._spares: OrderedDict[CacheKey, list[CacheEntry]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -140,8 +147,21 @@ class PrefixStore:
         return self._entries.get(key)
 
     def spare(self, key: CacheKey) -> CacheEntry | None:
-        """The spare for `key` (see the class), without touching recency or the stats."""
-        return self._spares.get(key)
+        """The most recent spare for `key` (see the class), without touching recency or the
+        stats."""
+        held = self._spares.get(key)
+        return held[-1] if held else None
+
+    def spares(self, key: CacheKey) -> list[CacheEntry]:
+        """Every spare of `key`, least recently made or used first."""
+        return list(self._spares.get(key, ()))
+
+    def held(self, key: CacheKey, ids: Sequence[int]) -> int:
+        """How many leading `ids` the key's entry or a spare holds already (nothing changes)."""
+        entry = self._entries.get(key)
+        found = [entry] if entry is not None else []
+        return max((longest_common_prefix(e.ids, ids)
+                    for e in (*found, *self._spares.get(key, ()))), default=0)
 
     # -- reuse ------------------------------------------------------------------------------
 
@@ -170,12 +190,8 @@ class PrefixStore:
             self._count_reuse(common)
             return Lookup(kv=entry.kv, reused=common, logits=entry.logits)
         reused = min(common, len(ids) - 1)
-        spare = self._spares.get(key)
-        if self.keeps_spares and len(entry.ids) >= len(ids) + SPARE_MIN_TOKENS and (
-            spare is None or len(entry.ids) >= len(spare.ids)
-        ):
-            self._spares[key] = entry  # kept whole; the prompt works on a copy
-            self._spares.move_to_end(key)
+        if self._keeps_whole(key, entry, len(ids), reused):
+            self._add_spare(key, entry)  # kept whole; the prompt works on a copy
             entry = self._entries[key] = fork(entry, reused, len(ids) + HEADROOM)
         else:
             del entry.ids[reused:]
@@ -186,22 +202,47 @@ class PrefixStore:
         return Lookup(kv=entry.kv, reused=reused)
 
     def _best(self, key: CacheKey, ids: Sequence[int]) -> tuple[CacheEntry | None, int]:
-        """Of `key`'s entry and spare, the one sharing the longest prefix with `ids` (the
-        entry on a tie), made the entry; and how many leading ids it shares."""
-        entry, spare = self._entries.get(key), self._spares.get(key)
+        """Of `key`'s entry and spares, the one sharing the longest prefix with `ids` (the
+        entry on a tie, else the least recent spare), made the entry (the entry becoming a
+        spare); and how many leading ids it shares."""
+        entry = self._entries.get(key)
         if entry is not None and entry.kv.length != len(entry.ids):
             raise RuntimeError(
                 f"{key[0]} ({key[1]}): the entry's buffers hold {entry.kv.length} tokens but "
                 f"{len(entry.ids)} ids were committed; extend buffers through a CacheSession"
             )
         common = -1 if entry is None else longest_common_prefix(entry.ids, ids)
-        if spare is not None and longest_common_prefix(spare.ids, ids) > common:
-            del self._spares[key]
+        best = None
+        for spare in self._spares.get(key, ()):
+            shared = longest_common_prefix(spare.ids, ids)
+            if shared > common:
+                best, common = spare, shared
+        if best is not None:  # the spare becomes the entry, the entry a spare
+            held = self._spares[key]
+            held[:] = [spare for spare in held if spare is not best]
+            if not held:
+                del self._spares[key]
             if entry is not None:
-                self._spares[key] = entry
-            self._entries[key] = entry = spare
-            common = longest_common_prefix(spare.ids, ids)
+                self._add_spare(key, entry)
+            self._entries[key] = entry = best
         return entry, common
+
+    def _keeps_whole(self, key: CacheKey, entry: CacheEntry, length: int, reused: int) -> bool:
+        """Whether a lookup of a `length`-token prompt sharing `reused` tokens with `entry`
+        keeps the entry whole as a spare (see the class) rather than truncating it."""
+        if self.max_spares == 1:
+            spare = self.spare(key)
+            return len(entry.ids) >= length + SPARE_MIN_TOKENS and (
+                spare is None or len(entry.ids) >= len(spare.ids))
+        return self.max_spares > 1 and len(entry.ids) - reused >= SPARE_MIN_TOKENS
+
+    def _add_spare(self, key: CacheKey, entry: CacheEntry) -> None:
+        """Keep `entry` as the key's most recent spare, dropping the least recent beyond
+        max_spares."""
+        held = self._spares.setdefault(key, [])
+        held.append(entry)
+        del held[: max(0, len(held) - self.max_spares)]
+        self._spares.move_to_end(key)
 
     def _count_reuse(self, reused: int) -> None:
         if reused:
@@ -262,11 +303,14 @@ class PrefixStore:
         if budget is None:
             return
         for key in list(self._spares):  # spares first, least recently made first
-            if self.held_bytes(memory) <= budget:
-                return
-            if self._spares[key].memory == memory:
+            for spare in list(self._spares[key]):
+                if self.held_bytes(memory) <= budget:
+                    return
+                if spare.memory == memory:
+                    self._spares[key] = [s for s in self._spares[key] if s is not spare]
+                    self.stats.evictions += 1
+            if not self._spares[key]:
                 del self._spares[key]
-                self.stats.evictions += 1
         for key in list(self._entries):  # least recently used first
             if self.held_bytes(memory) <= budget:
                 return
@@ -286,13 +330,13 @@ class PrefixStore:
     def held_bytes(self, memory: MemoryKind) -> int:
         """Bytes the entries and spares hold now in that memory (buffers may have grown since
         a commit)."""
-        held = (*self._entries.values(), *self._spares.values())
+        held = (*self._entries.values(), *(s for ss in self._spares.values() for s in ss))
         return sum(e.nbytes for e in held if e.memory == memory)
 
     def _refresh(self) -> None:
         # Recounted rather than adjusted: a KV buffer grows in place when the model writes
         # past its capacity, so an entry's size is only known by asking it.
-        self.stats.entries = len(self._entries) + len(self._spares)
+        self.stats.entries = len(self._entries) + sum(map(len, self._spares.values()))
         self.stats.gpu_bytes = self.held_bytes("gpu")
         self.stats.cpu_bytes = self.held_bytes("cpu")
 

@@ -3,13 +3,16 @@ stay put while the user types, so the prompt keeps a long common prefix with the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from .crossfile import RepoContext, repo_context_ids
 from .layout import Layout, TextTokenizer, assemble, check_layout, split
 from .prefix import CacheKey
 from .window import (
+    REMEMBERED_STARTS,
     ContextBudget,
     Edit,
+    choose_start,
     cut_end,
     cut_start,
     is_line_start,
@@ -33,6 +36,8 @@ class Prompt:
     prefix_tokens: int  # of text before the cursor
     suffix_tokens: int  # of text after it
     cut: int | None = None  # psm_line: where the text before the cursor is split (see split)
+    context: RepoContext | None = None  # other files' text ahead of the document's
+    context_tokens: int = 0
 
     @property
     def key(self) -> CacheKey:
@@ -50,6 +55,8 @@ class DocumentWindow:
     cut: int | None = None  # psm_line: a line start at or before the cursor's line
     # Piece name -> (text, ids) last tokenised: unchanged pieces are not tokenised again.
     encoded: dict[str, tuple[str, list[int]]] = field(default_factory=dict)
+    starts: list[int] = field(default_factory=list)  # recent starts a move placed (window.py)
+    context: tuple[RepoContext, list[int]] | None = None  # the last context and its ids
 
 
 class PromptBuilder:
@@ -62,26 +69,51 @@ class PromptBuilder:
         self.window_moves = 0
         self._windows: dict[CacheKey, DocumentWindow] = {}
 
-    def build(self, uri: str, text: str, cursor: int, layout: Layout | str = "spm") -> Prompt:
-        """The prompt for `text` with the cursor at character offset `cursor`."""
+    def build(self, uri: str, text: str, cursor: int, layout: Layout | str = "spm",
+              context: RepoContext | None = None) -> Prompt:
+        """The prompt for `text` with the cursor at character offset `cursor`, after the
+        other files of `context` (their tokens come out of the budget's)."""
         check_layout(layout, self.tokenizer)
         if not 0 <= cursor <= len(text):
             raise ValueError(f"{uri}: cursor offset {cursor} is outside the text (0..{len(text)})")
         window = self._follow((uri, layout), text)
+        ahead = self._encode_context(window, context)
+        if len(ahead) > self.budget.tokens // 2:
+            raise ValueError(f"{uri}: {len(ahead)} tokens of other files' context leave too "
+                             f"little of the {self.budget.tokens}-token budget")
         carried = (window.start, window.end)
         suffix = [] if layout == "plain" else self._fit_suffix(window, text, cursor)
         if layout == "psm_line":
             self._place_cut(window, text, cursor)
-        limit = self.budget.tokens - len(suffix)  # the prefix may use what the suffix leaves
+        # The prefix may use what the suffix and the context leave.
+        limit = self.budget.tokens - len(suffix) - len(ahead)
         prefix, line = self._fit_prefix(window, layout, text, cursor, limit)
         if not window.fresh:  # a move: an edge not where the edits carried it
             self.window_moves += (window.start, window.end) != carried
         window.fresh = False
         end = cursor if layout == "plain" else self._end(window, text)
-        ids = assemble(layout, self.tokenizer.fim, prefix, line, suffix)
+        ids = ahead + assemble(layout, self.tokenizer.fim, prefix, line, suffix)
         cut = None if window.cut is None else max(window.start, window.cut)
         return Prompt(uri, layout, ids, window.start, end, len(prefix) + len(line), len(suffix),
-                      cut)
+                      cut, context, len(ahead))
+
+    def preview(self, uri: str, text: str, cursor: int, layout: Layout | str = "spm",
+                context: RepoContext | None = None) -> Prompt:
+        """The prompt `build` would give now, leaving every window (and window_moves) as it
+        is: for warming the cache ahead of a request that may never come."""
+        key = (uri, layout)
+        window, moves = self._windows.get(key), self.window_moves
+        if window is not None:
+            self._windows[key] = replace(window, encoded=dict(window.encoded),
+                                         starts=list(window.starts))
+        try:
+            return self.build(uri, text, cursor, layout, context)
+        finally:
+            self.window_moves = moves
+            if window is None:
+                self._windows.pop(key, None)
+            else:
+                self._windows[key] = window
 
     def forget(self, uri: str) -> None:
         """Drop a closed document's windows."""
@@ -106,6 +138,7 @@ class PromptBuilder:
         if window.end is not None:
             end = edit.follow(window.end)
             window.end = end if is_line_start(text, end) else line_end(text, end)
+        window.starts = [s for s in map(edit.follow, window.starts) if is_line_start(text, s)]
         if window.cut is not None:
             cut = edit.follow(window.cut)
             window.cut = cut if is_line_start(text, cut) else line_start(text, cut)
@@ -175,6 +208,11 @@ class PromptBuilder:
         self, window: DocumentWindow, text: str, cursor: int, limit: int, slack: int
     ) -> bool:
         start = place_start(text, cursor, limit, slack, self._count)
+        if start > 0:  # on the grid, or where it was before (window.py: choose_start)
+            start = choose_start(text, start, cursor, window.starts, limit - 2 * slack,
+                                 limit - slack // 2, self._count)
+            window.starts = [s for s in window.starts if s != start][1 - REMEMBERED_STARTS:]
+            window.starts.append(start)
         moved, window.start = start != window.start, start
         return moved
 
@@ -191,6 +229,15 @@ class PromptBuilder:
         return len(text) if window.end is None else window.end
 
     # -- tokens -----------------------------------------------------------------------------
+
+    def _encode_context(self, window: DocumentWindow, context: RepoContext | None) -> list[int]:
+        """The context's ids, tokenised again only when it changed (another file did, or the
+        choice of files)."""
+        if context is None:
+            return []
+        if window.context is None or window.context[0] != context:
+            window.context = (context, repo_context_ids(self.tokenizer, context))
+        return window.context[1]
 
     def _encode_prefix(
         self, window: DocumentWindow, layout: str, text: str, cursor: int

@@ -173,6 +173,44 @@ def place_start(text: str, cursor: int, limit: int, slack: int, count: CountToke
     return 0
 
 
+# A window's start, when a cursor move makes it move, goes to a line whose number is a multiple
+# of this (the first such line at or after the earliest start that fits, if the prefix keeps
+# at least half its budget), or back to a start the window had before: cursors near one
+# another then get the same start, so that a move back to a region seen before (or warmed:
+# lsp_server/engine/warming.py) finds its prompt's prefix cached.
+GRID_LINES = 8
+REMEMBERED_STARTS = 8  # per window, most recent last
+
+
+def choose_start(text: str, start: int, cursor: int, remembered: list[int], lo: int, hi: int,
+                 count: CountTokens, lines: int = GRID_LINES) -> int:
+    """A start for a window whose earliest fitting start is `start` (a line start): the most
+    recent of `remembered` whose text to the cursor is `lo` to `hi` tokens, else the grid's
+    line (see on_grid), else `start`."""
+    here = line_start(text, cursor)
+    for old in reversed(remembered):
+        if 0 < old <= here and is_line_start(text, old) and within_reach(old, cursor, hi) and (
+            lo <= count(text[old:cursor]) <= hi
+        ):
+            return old
+    return on_grid(text, start, cursor, lo, count, lines)
+
+
+def on_grid(text: str, start: int, cursor: int, keep: int, count: CountTokens,
+            lines: int = GRID_LINES) -> int:
+    """The first line start at or after `start` (a line start) whose line number is a multiple
+    of `lines`, if the text from it to the cursor is still at least `keep` tokens; else
+    `start`."""
+    if start == 0 or lines <= 1:
+        return start
+    snapped = start
+    for _ in range(-text.count("\n", 0, start) % lines):
+        snapped = line_end(text, snapped)
+    if snapped == start or snapped > line_start(text, cursor):
+        return start
+    return snapped if count(text[snapped:cursor]) >= keep else start
+
+
 def place_end(text: str, cursor: int, limit: int, slack: int, count: CountTokens) -> int:
     """An end for the text after `cursor`: whole lines, the file's end if it all fits in
     `limit` tokens, else as many lines as fit in `limit - slack`."""

@@ -83,6 +83,21 @@ class DiagnosticsOptions:
     max_chars: int = _option(1_000_000, check=_at_least(0))  # larger documents are skipped
 
 
+def _share(value: float) -> str | None:
+    return None if 0.0 < value <= 0.5 else "must be in (0, 0.5]"
+
+
+@dataclass(kw_only=True)
+class CrossFileOptions:
+    """Context from other files: the workspace's other open documents (and the lines around
+    recent edits), in StarCoder's repository format ahead of the current file, those it
+    imports or that define names used near the cursor first. Needs a model whose tokenizer
+    has <reponame> and <filename> (the status says when it does not)."""
+
+    enabled: bool = True
+    share: float = _option(0.25, check=_share)  # of the prompt's token budget, at most
+
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -148,7 +163,12 @@ class Options:
     # each passing the same gate, repeats dropped. An inline request the user invoked
     # (VS Code's next / previous suggestion) gets at least INVOKED_CANDIDATES.
     candidates: int = _option(1, check=_between(1, 8))
+    cross_file: CrossFileOptions = _option(factory=CrossFileOptions)
     cache_budget_mb: int = _option(1024, check=_at_least(0))  # KV cache, all documents
+    # Prefill the cache while the editor is idle (after opening a file, after an edit, after a
+    # suggestion), where the next request most likely needs it, in short chunks that a
+    # keystroke stops; false: the model runs only when asked.
+    warm: bool = True
     engine: EngineOptions = _option(factory=EngineOptions)
     diagnostics: DiagnosticsOptions = _option(factory=DiagnosticsOptions)
 

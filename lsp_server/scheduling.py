@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .documents import Document
-from .engine import Completion, CompletionRequest, Engine, GenerationParams
+from .engine import Completion, CompletionRequest, Engine, GenerationParams, OtherDocument
 from .engine.candidates import Candidates, complete_many
 from .options import Options
 from .worker import InferenceWorker, Job
@@ -133,10 +133,13 @@ class CompletionScheduler:
         engine: Engine | None,
         options: Options,
         invoked: bool = False,
+        others: tuple[OtherDocument, ...] = (),
+        root: str = "",
     ) -> list[str] | None:
         """The suggestions at `offset`, best first ([] for none), or None when the request was
         not answered. Latest wins per document: this request supersedes an older one, which
-        answers first, with nothing. `invoked`: the user asked (see INVOKED_CANDIDATES)."""
+        answers first, with nothing. `invoked`: the user asked (see INVOKED_CANDIDATES).
+        `others`, `root`: the workspace's other open documents and its root URI."""
         started = time.perf_counter()
         pending = Pending(asyncio.current_task(), asyncio.get_running_loop().create_future())
         older, state.pending = state.pending, pending
@@ -146,8 +149,10 @@ class CompletionScheduler:
                 if older.task is not None and not older.task.done():
                     await asyncio.wait({older.task})  # its empty answer goes out first
             count = max(options.candidates, INVOKED_CANDIDATES if invoked else 1)
-            return await self._suggest(state, document, offset, pending, kind, engine, options,
-                                       count, started)
+            request = CompletionRequest(document.uri, document.text, offset,
+                                        document.language_id or "python", others, root)
+            return await self._suggest(state, request, pending, kind, engine, options, count,
+                                       started)
         except asyncio.CancelledError:  # $/cancelRequest: pygls answers RequestCancelled
             pending.supersede()
             if pending.job is not None:
@@ -162,8 +167,7 @@ class CompletionScheduler:
     async def _suggest(
         self,
         state: DocumentState,
-        document: Document,
-        offset: int,
+        request: CompletionRequest,
         pending: Pending,
         kind: str,
         engine: Engine | None,
@@ -171,8 +175,7 @@ class CompletionScheduler:
         count: int,
         started: float,
     ) -> list[str] | None:
-        text = document.text
-        prefix, suffix = text[:offset], text[offset:]
+        prefix, suffix = request.prefix, request.suffix
         through = state.shown.rest(prefix, suffix) if state.shown is not None else None
         if pending.superseded.done():
             self.record(kind, started, "superseded")
@@ -186,7 +189,6 @@ class CompletionScheduler:
         if not await debounce(state.changed_at, options.debounce_ms, pending.superseded):
             self.record(kind, started, "superseded")
             return None
-        request = CompletionRequest(document.uri, text, offset, document.language_id or "python")
         params = GenerationParams.from_options(options)
         job = self._worker().submit(
             lambda job: complete_many(engine, request, params, count, lambda: job.cancelled)
@@ -200,7 +202,7 @@ class CompletionScheduler:
         try:
             candidates = job.future.result()
         except Exception as error:
-            log.exception("completion failed for %s", document.uri)
+            log.exception("completion failed for %s", request.uri)
             self.record(kind, started, "error")
             if not self._failure_shown:  # more failures before a success go to the log only
                 self._failure_shown = True

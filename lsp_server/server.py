@@ -20,11 +20,12 @@ from pygls.lsp.server import LanguageServer
 from .diagnostics import secret_action
 from .diagnostics_service import DiagnosticsService
 from .documents import Document, DocumentStore, TextChange, UnknownDocumentError, choose_encoding
-from .engine import EngineSettings, ModelChoice
+from .engine import CompletionRequest, EngineSettings, ModelChoice, OtherDocument
 from .model_load import ModelState, load_model
 from .options import Options, as_json, merge
 from .scheduling import CompletionScheduler, DocumentState
 from .text import camel_keys, shorten
+from .warming import WarmScheduler
 from .wire import WireProtocol
 from .worker import InferenceWorker
 
@@ -60,6 +61,7 @@ class ClientFacts:
 
     progress: bool = False  # window.workDoneProgress
     initialized: bool = False  # the `initialized` notification came (a repeat is ignored)
+    root: str = ""  # the workspace's root URI (its first folder), "" when none was given
     messages: list[str] = field(default_factory=list)  # option problems to show once ready
 
 
@@ -77,6 +79,8 @@ class GPTBigCodeServer(LanguageServer):
         self.client = ClientFacts()
         self.completions = CompletionScheduler(lambda: self.worker, self.completion_failed)
         self.diagnostics = DiagnosticsService(self)
+        self.warming = WarmScheduler(lambda: self.worker, self.completion_request,
+                                     lambda: self.model.engine, lambda: self.options.warm)
         self._worker: InferenceWorker | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -135,6 +139,7 @@ class GPTBigCodeServer(LanguageServer):
 
     def opened(self, uri: str) -> None:
         self.states.setdefault(uri, DocumentState())
+        self.warming.opened(uri)
         self.diagnostics.schedule(uri)
 
     def changed(self, uri: str) -> None:
@@ -153,6 +158,7 @@ class GPTBigCodeServer(LanguageServer):
         if engine is not None:
             self.worker.submit(lambda _: engine.forget(uri))
         self.diagnostics.forget(uri, state)
+        self.warming.closed(uri)
 
     # -- completions ------------------------------------------------------------------------
 
@@ -165,10 +171,29 @@ class GPTBigCodeServer(LanguageServer):
             return None
         document = self.documents.get(uri)
         offset = document.offset_at(position, self.documents.encoding)
+        self.warming.asking(uri, offset)
+        others = tuple(OtherDocument(other.uri, other.text, other.language_id)
+                       for u in self.documents if u != uri
+                       for other in [self.documents.get(u)])
         texts = await self.completions.suggest(
-            state, document, offset, kind, self.model.engine, self.options, invoked
+            state, document, offset, kind, self.model.engine, self.options, invoked, others,
+            self.client.root,
         )
+        if texts is not None:
+            self.warming.answered(uri)
         return Suggestion(document, offset, texts) if texts is not None else None
+
+    def completion_request(self, uri: str, offset: int) -> CompletionRequest | None:
+        """A request at `offset` (clamped to the text) as `suggest` makes one, for warming;
+        None when the document is not open."""
+        if uri not in self.documents:
+            return None
+        document = self.documents.get(uri)
+        others = tuple(OtherDocument(other.uri, other.text, other.language_id)
+                       for u in self.documents if u != uri
+                       for other in [self.documents.get(u)])
+        return CompletionRequest(uri, document.text, min(offset, len(document.text)),
+                                 document.language_id or "python", others, self.client.root)
 
     def completion_failed(self, error: Exception) -> None:
         detail = shorten(f"{type(error).__name__}: {error}", 300)
@@ -210,6 +235,12 @@ class GPTBigCodeServer(LanguageServer):
             # The prompt budget: its tokens, what chose it (option, device, model), and the
             # prefill rate measured at load that a device budget comes from.
             "context": camel_keys(engine["context"]) if engine.get("context") else None,
+            # Other files' text in prompts: on or off (and why), the last prompt's files and
+            # tokens, the token limit, choices made.
+            "crossFile": camel_keys(engine["crossFile"]) if engine.get("crossFile") else None,
+            # Cache warming: runs, chunks and tokens warmed, runs preempted by newer work,
+            # requests that found warmed tokens (hits, hitTokens).
+            "warm": camel_keys(engine["warm"]) if engine.get("warm") else None,
             "requests": dict(requests.counts),
             "worker": camel_keys(asdict(self._worker.snapshot())) if self._worker else None,
             "options": as_json(self.options),
@@ -253,6 +284,8 @@ def initialize(ls: GPTBigCodeServer, params: types.InitializeParams) -> None:
     ls.documents.encoding = choose_encoding([getattr(e, "value", e) for e in offered or ()])
     window = params.capabilities.window
     ls.client.progress = bool(window is not None and window.work_done_progress)
+    folders = params.workspace_folders
+    ls.client.root = (folders[0].uri if folders else params.root_uri) or ""
     ls.options, ls.client.messages = merge(ls.options, params.initialization_options)
 
 
@@ -301,11 +334,17 @@ def did_change(ls: GPTBigCodeServer, params: types.DidChangeTextDocumentParams) 
     uri = params.text_document.uri
     changes = [TextChange(c.text, getattr(c, "range", None)) for c in params.content_changes]
     try:
-        ls.documents.change(uri, params.text_document.version, changes)
+        document = ls.documents.change(uri, params.text_document.version, changes)
     except UnknownDocumentError:
         log.warning("didChange for %s, which is not open", uri)
         return
     ls.changed(uri)
+    last = changes[-1] if changes else None  # the cursor is most likely where it ended
+    if last is not None and last.range is not None:
+        ls.warming.edited(uri, document.offset_at(last.range.start, ls.documents.encoding)
+                          + len(last.text))
+    else:
+        ls.warming.edited(uri, None)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_SAVE)

@@ -72,6 +72,11 @@ class InferenceWorker:
         self._jobs.put(job)
         return job
 
+    def waiting(self) -> bool:
+        """Whether jobs are queued behind the running one (work that yields polls this)."""
+        with self._lock:
+            return self.stats.queued > 0
+
     def snapshot(self) -> QueueStats:
         with self._lock:
             return replace(self.stats)

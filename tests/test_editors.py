@@ -87,7 +87,8 @@ def test_vscode_setting_defaults_are_the_server_defaults() -> None:
     defaults = {key: settings[f"gptbigcode.{key}"]["default"] for key in server_defaults}
     assert defaults == server_defaults
     sections = {key for key in settings if key.startswith(("gptbigcode.diagnostics.",
-                                                            "gptbigcode.engine."))}
+                                                            "gptbigcode.engine.",
+                                                            "gptbigcode.crossFile."))}
     assert sections == {f"gptbigcode.{key}" for key in server_defaults if "." in key}
     assert parse_options({"gptbigcode": nested(defaults)}) == (Options(), [])  # didChange...
 

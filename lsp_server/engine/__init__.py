@@ -1,6 +1,8 @@
 """The engine, between the language server and the model: prompts, a backend's token stream,
 stop rules and post-processing for completions, and the diagnostics heads."""
 
+from cache.crossfile import OtherDocument
+
 from .backend import Backend, TokenStream
 from .diagnose import Diagnoser, Finding
 from .loading import load_engine, set_threads
@@ -24,6 +26,7 @@ __all__ = [
     "Finding",
     "GenerationParams",
     "ModelChoice",
+    "OtherDocument",
     "TokenStream",
     "Usage",
     "load_engine",

@@ -19,8 +19,11 @@ from model.generation import sample
 
 from .repair import TokenIndex, token_index
 from .requests import GenerationParams, Usage
+from .warming import WarmRun
 
 log = logging.getLogger(__name__)
+
+SPARES = 4  # entries kept whole per document and layout besides the one a request works on
 
 
 class LocalBackend:
@@ -39,7 +42,9 @@ class LocalBackend:
         self.index: TokenIndex = token_index(tokenizer)
         self.eos_ids = frozenset(model.config.eos_token_ids)
         self.stop_ids = frozenset(tokenizer.special_ids) | self.eos_ids
-        self.store = PrefixStore()
+        # Spares: a far move's window, the warmed document head beside the prompt being typed
+        # at (cache/prefix.py).
+        self.store = PrefixStore(spares=SPARES)
         self.model_steps = 0  # forward passes of all requests, counted as they run
 
     def generate(self, key: tuple[str, str], ids: Sequence[int], params: GenerationParams,
@@ -56,6 +61,35 @@ class LocalBackend:
         if filled.computed:
             self.count_step(usage)
         return filled
+
+    def warm(self, key: tuple[str, str], ids: Sequence[int], chunk: int,
+             cancelled: Callable[[], bool]) -> WarmRun:
+        """Prefill `ids` into the key's entry `chunk` tokens at a time, each chunk committed as
+        it is done, until all are cached or `cancelled()` (asked between chunks). The store's
+        lookup counters stay those of requests; its tokens computed include these."""
+        stats = self.store.stats
+        counted = (stats.hits, stats.misses, stats.tokens_reused)
+        run = WarmRun(before=self.store.held(key, ids))
+        run.reach = run.before
+        try:
+            while run.reach < len(ids):
+                if cancelled():
+                    run.preempted = True
+                    break
+                end = min(len(ids), run.reach + chunk)
+                started = time.perf_counter()
+                with self.store.open(key, self.decoder) as session:
+                    filled = session.prefill(ids[:end])
+                run.seconds += time.perf_counter() - started
+                run.reach, run.chunks = end, run.chunks + 1
+                run.computed += filled.computed
+                self.model_steps += bool(filled.computed)
+        except torch.OutOfMemoryError:
+            self.free_memory()
+            raise
+        finally:
+            stats.hits, stats.misses, stats.tokens_reused = counted
+        return run
 
     def step(self, session: CacheSession, token: int, usage: Usage) -> torch.Tensor:
         started = time.perf_counter()

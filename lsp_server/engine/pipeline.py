@@ -10,6 +10,7 @@ from contextlib import closing
 from typing import Any
 
 from cache import ContextBudget, Layout, PromptBuilder
+from cache.crossfile import RepoContext, RepoContextChooser
 
 from .backend import Backend, TokenStream
 from .confidence import Scored, gate
@@ -17,6 +18,7 @@ from .postprocess import Syntax, postprocess, syntax_for, wants_single_line
 from .repair import split_unstable_tail
 from .requests import Completion, CompletionRequest, EngineSettings, GenerationParams
 from .stops import clean_end, cut_at_stops, whole_characters
+from .warming import Warming, WarmRun
 
 # Tokens kept free beyond the document text: the three FIM tokens, and the tokens that
 # re-type the text partial-token repair took off the prompt.
@@ -51,6 +53,9 @@ class Engine:
         self.calibrated_confidence = 0.0
         self.budget_source = "model"  # what chose the context budget: option, device, model
         self.builder = PromptBuilder(self.tokenizer, self._budget(self.settings))
+        self.warming = Warming()  # prefill ahead of requests (warming.py)
+        self.cross_file = RepoContextChooser(self.tokenizer)  # other files' text, per document
+        self.cross_file_last: dict[str, Any] = {}  # what the last prompt showed of them
         self.configure(self.settings)
 
     @property
@@ -113,6 +118,8 @@ class Engine:
         """Drop a closed document's cache entries and windows."""
         self.backend.forget(uri)
         self.builder.forget(uri)
+        self.warming.forget(uri)
+        self.cross_file.forget(uri)
 
     def status(self) -> dict[str, Any]:
         """The backend's report (device, dtype, decode_path, cache, model_steps...) with the
@@ -122,11 +129,43 @@ class Engine:
         if isinstance(cache, dict):
             cache["window_moves"] = self.builder.window_moves
         report["layout"] = self.layout()
+        report["warm"] = self.warming.status()
         report["confidence"] = {"calibrated": self.calibrated_confidence, **self.gated}
         rate = getattr(self.backend, "prefill_rate", None)
         report["context"] = {"tokens": self.builder.budget.tokens, "chosen_by": self.budget_source,
                              "prefill_tokens_per_s": round(rate) if rate else None}
+        report["cross_file"] = self.cross_file_status()
         return report
+
+    def cross_file_status(self) -> dict[str, Any]:
+        """Whether other files' text goes into prompts (or why not), and what the last prompt
+        showed of them: files, tokens, choices made."""
+        enabled = self.settings.cross_file_share > 0
+        why = ("" if self.cross_file.available else
+               "off: the model's tokenizer has no <reponame> / <filename> tokens")
+        return {"enabled": enabled and self.cross_file.available, "reason": why,
+                "max_tokens": self._cross_file_tokens(), "choices": self.cross_file.choices,
+                **self.cross_file_last}
+
+    def _cross_file_tokens(self) -> int:
+        return int(self.builder.budget.tokens * self.settings.cross_file_share)
+
+    def repo_context(self, request: CompletionRequest) -> RepoContext | None:
+        """Other files' text for the request's prompt (cache/crossfile.py), or None: off, no
+        repository tokens, or nothing relevant open."""
+        if self.settings.cross_file_share <= 0 or not self.cross_file.available:
+            return None
+        return self.cross_file.choose(request.uri, request.text, request.cursor, request.others,
+                                      self._cross_file_tokens(), request.root,
+                                      request.language_id)
+
+    def warm(self, request: CompletionRequest, cancelled: Callable[[], bool] = lambda: False,
+             document: bool = True) -> list[WarmRun]:
+        """Prefill, ahead of any request, what a request like this one would need (and, with
+        the prefix first, the document's head for moves within the window), in chunks;
+        `cancelled` is polled between chunks, and the chunks done stay cached. The prompt
+        windows are left as they are: a request's prompt is the same warmed or not."""
+        return self.warming.warm(self, request, cancelled, document)
 
     # -- a request --------------------------------------------------------------------------
 
@@ -150,7 +189,11 @@ class Engine:
         stable, typed = split_unstable_tail(self.tokenizer, prefix)
         # The prompt ends before the text a next keystroke could re-tokenise; generation
         # re-types that text first (and so keeps the prompt, and its cache, unchanged).
-        prompt = self.builder.build(request.uri, stable + request.suffix, len(stable), layout)
+        context = self.repo_context(request)
+        prompt = self.builder.build(request.uri, stable + request.suffix, len(stable), layout,
+                                    context)
+        self.cross_file_last = {"files": context.files if context else [],
+                                "tokens": prompt.context_tokens}
         if not prompt.ids or cancelled():
             return Completion("", stop_reason="cancelled" if prompt.ids else "empty",
                               total_ms=_since(started))
@@ -191,6 +234,7 @@ class Engine:
             shown = ""
         text, confidence = self._gate(shown, ids, stream.logprobs, len(retype), params)
         usage = stream.usage
+        self.warming.found(prompt.key, prompt.ids, usage.reused_tokens)
         return Completion(
             text=text,
             generated=generated,

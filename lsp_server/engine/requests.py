@@ -7,17 +7,22 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cache.crossfile import OtherDocument
+
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON decoding joins pairs: any left is lone
 
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """A document's text and the cursor, as a character offset into it."""
+    """A document's text and the cursor, as a character offset into it; the workspace's
+    other open documents and its root's URI ("": unknown), for context from other files."""
 
     uri: str
     text: str
     cursor: int
     language_id: str = "python"
+    others: tuple[OtherDocument, ...] = ()
+    root: str = ""
 
     @property
     def prefix(self) -> str:
@@ -69,11 +74,15 @@ class EngineSettings:
     # suffix capped; "auto": PSM where a whole window is slow to compute, else SPM (pipeline.py)
     fim_layout: str = "auto"
     max_new_tokens: int = 64  # room kept for generation in the model's positions
+    # Other files' text ahead of the current one's (cache/crossfile.py), in at most this share
+    # of the prompt's tokens; 0: none.
+    cross_file_share: float = 0.25
 
     @classmethod
     def from_options(cls, options: Any) -> EngineSettings:
+        cross = options.cross_file
         return cls(options.context_tokens, options.cache_budget_mb, options.fim_layout,
-                   options.max_new_tokens)
+                   options.max_new_tokens, cross.share if cross.enabled else 0.0)
 
 
 @dataclass(frozen=True)

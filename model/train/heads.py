@@ -33,14 +33,17 @@ from ..hardware import cpu_bf16_native, cpu_name
 from ..heads import DiagnosticsModel, tag_probabilities
 from ..tagging import ENTITY_TYPES, Entity, decode_entities, token_tags
 from ..tokenizer import Tokenizer
+from . import realcode
 from .data import SourceFile, load_corpus
 from .evaluate_heads import per_label, roc_auc, span_counts
 from .mutations import make_pairs
+from .real_rows import negative_rows, planted_rows, planted_samples
 from .secrets_data import Sample, generate
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+REAL_NEGATIVE_BYTES = 12_000_000
 THRESHOLD_GRID = [x / 100 for x in range(10, 96, 5)]
 
 
@@ -52,6 +55,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tag-samples", type=int, default=12000)
     p.add_argument("--val-samples", type=int, default=600)
     p.add_argument("--max-doc-tokens", type=int, default=512)
+    p.add_argument("--tag-window", type=int, default=256,
+                   help="tokens per scanning window stored with new heads (released-code rows "
+                        "are cut to the model's window)")
     p.add_argument("--max-function-tokens", type=int, default=384)
     p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch")
     p.add_argument("--bug-weight", type=float, default=1.0)
@@ -68,6 +74,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="bug threshold: the share of validation originals allowed above it")
     p.add_argument("--calibrate", type=Path, default=None,
                    help="only pick the thresholds of this trained folder again (in place)")
+    p.add_argument("--real-negatives", type=int, default=0,
+                   help="windows of released code (realcode's training packages) as negatives")
+    p.add_argument("--real-planted", type=int, default=0,
+                   help="windows of released Python files with a credential planted in each")
+    p.add_argument("--real-val-samples", type=int, default=0,
+                   help="stretches of released code (planted or not) added to the calibration")
+    p.add_argument("--real-cache", type=Path, default=realcode.CACHE,
+                   help="realcode's archives (fetched with pip when missing)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue from this trained diagnostics folder instead of new heads")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
     return p.parse_args(argv)
@@ -230,10 +246,34 @@ def bug_threshold(model: DiagnosticsModel, rows: Sequence[tuple[list[int], int]]
 # -- the run --------------------------------------------------------------------------------
 
 
+def real_tag_rows(args: argparse.Namespace, tok: Tokenizer, labels: Sequence[str], size: int
+                  ) -> list[Tagged]:
+    """Windows of released code of realcode's training packages (not the files kept back for
+    calibration), as long as the scanner's windows: negatives and planted positives."""
+    if not (args.real_negatives or args.real_planted):
+        return []
+    files = [f for f in realcode.load("train", args.real_cache)
+             if not is_validation(f"{f.package}/{f.path}")]
+    sampled, total = [], 0  # negatives come from a random ~REAL_NEGATIVE_BYTES of them
+    for f in random.Random(args.seed).sample(files, len(files)):
+        if total < REAL_NEGATIVE_BYTES:
+            sampled.append(f)
+            total += f.nbytes
+    rows = negative_rows(sampled, tok, labels, size, args.real_negatives, args.seed)
+    rows += planted_rows(files, tok, labels, size, args.real_planted, args.seed)
+    log.info("released code: %d negative and %d planted windows of %d tokens",
+             args.real_negatives, args.real_planted, size)
+    return [Tagged(r.ids, r.tags) for r in rows]
+
+
 def validation_data(args: argparse.Namespace, files: Sequence[SourceFile], tok: Tokenizer
                     ) -> tuple[list[Sample], list[tuple[list[int], int]]]:
     """Tagging documents and function rows (no end token) from the validation files."""
     samples = generate(args.seed + 100, args.val_samples, files, split="train")
+    if args.real_val_samples:
+        real = [f for f in realcode.load("train", args.real_cache)
+                if is_validation(f"{f.package}/{f.path}")]
+        samples += planted_samples(real, args.real_val_samples, args.seed + 100)
     rows = function_rows(files, tok, args.seed + 100, args.max_function_tokens, None)
     return samples, rows
 
@@ -275,14 +315,20 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     corpus = load_corpus(args.data)
     train_files = [f for f in corpus.train if not is_validation(f.path)]
     val_files = [f for f in corpus.train if is_validation(f.path)]
-    model = DiagnosticsModel.fresh(args.backbone)
-    tok = Tokenizer.from_pretrained(args.backbone)
+    if args.init is not None:
+        model = DiagnosticsModel.from_pretrained(args.init, dtype=torch.float32)
+        tok = Tokenizer.from_pretrained(args.init)
+    else:
+        model = DiagnosticsModel.fresh(args.backbone)
+        tok = Tokenizer.from_pretrained(args.backbone)
     labels = model.labels
     started = time.monotonic()
     tag_rows = tagged(generate(args.seed, args.tag_samples, train_files, split="train"),
                       tok, labels, args.max_doc_tokens)
+    if args.init is None:
+        model.settings.tag_window = args.tag_window  # inference reads windows of this length
+    tag_rows += real_tag_rows(args, tok, labels, model.tag_window)
     model.settings.bug_end_token = tok.eos_token_id
-    model.settings.tag_window = args.max_doc_tokens  # inference reads windows of this length
     fn_rows = function_rows(train_files, tok, args.seed, args.max_function_tokens,
                             model.settings.bug_end_token)
     val_samples, val_fn_rows = validation_data(args, val_files, tok)

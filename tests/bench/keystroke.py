@@ -4,7 +4,7 @@ all in the same run, on bigcode/tiny_starcoder_py's shape with random weights.
 
     .venv/bin/python tests/bench/keystroke.py [--dtype fp32|bf16|fp32p|bf16p|int8|int8h]
         [--keystrokes N] [--threads N] [--isa avx512|avx2] [--weights auto|fp32|bf16|f16]
-        [--moves [--context N] [--variants spm-old,spm,psm-one,psm]]
+        [--moves [--context N] [--variants spm-old,spm,psm-one,psm]] [--cross-file]
 
 --moves: cursor moves instead, in the stdlib's textwrap.py (491 lines) as a whole: the file is
 opened, then the cursor goes to another line (near and far, back and forth), a request, and
@@ -12,7 +12,8 @@ a short line is typed there with a request after each character. Each layout var
 the same session on its own prompt builder and store, interleaved move by move (A B A B):
 spm-old is SPM with the suffix taking a quarter of the budget (the layout before prefix-first),
 spm the same with the suffix capped (cache.window.SUFFIX_CAP), psm-one psm_line with one entry
-per document, psm psm_line with the document's spare (the longest prompt kept). Reported per
+per document, psm psm_line with the document's spare (the longest prompt kept), psm-spares
+with the server's SPARES (lsp_server/engine/local.py: a far move's old window kept). Reported per
 variant: tokens computed and ms to the first token of the first request after a move and of
 the typing requests (p50 / p95 / max), and each prompt is checked against layout_ids.
 
@@ -21,6 +22,11 @@ kernels of model.native where the CPU has them); fp32p and bf16p run the PyTorch
 bf16 activations with int8 weights in the blocks; int8h quantises lm_head too. --isa forces
 the native kernels' instruction set ($GPTBIGCODE_NATIVE_ISA; refused where the CPU lacks it),
 --weights how they store an fp32 model's matrices ($GPTBIGCODE_NATIVE_WEIGHTS).
+
+--cross-file: the same typing session twice, keystroke by keystroke (A B A B), without and
+with context from other files (cache/crossfile.py: stdlib modules open beside the file, chosen
+by RepoContextChooser within a quarter of the budget on each keystroke, as the engine does), each
+on its own builder and store; reported: both medians and their ratio (target: within 10%).
 
 Prints a table per keystroke, a summary, and one JSON line last. Logs go to stderr.
 """
@@ -36,6 +42,7 @@ import statistics
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +50,9 @@ from typing import Any
 import torch
 
 from cache import ContextBudget, PrefixStore, PromptBuilder, layout_ids
+from cache.crossfile import OtherDocument, RepoContext, RepoContextChooser
 from cache.window import SUFFIX_CAP
+from lsp_server.engine.local import SPARES
 from model import GPTBigCodeConfig, GPTBigCodeForCausalLM, native
 from model.decoders import Decoder, make_decoder
 from model.hardware import cpu_name
@@ -161,13 +170,17 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
+ContextOf = Callable[[str, int], "RepoContext | None"]
+
+
 def run_keystroke(
     decoder: Decoder, tok: Tokenizer, builder: PromptBuilder, cache: PrefixStore,
-    text: str, cursor: int, key: str, full: bool,
+    text: str, cursor: int, key: str, full: bool, context_of: ContextOf | None = None,
 ) -> Keystroke:
     lm = decoder.model
     started = time.perf_counter()
-    prompt = builder.build(URI, text, cursor, "spm")
+    context = context_of(text, cursor) if context_of is not None else None
+    prompt = builder.build(URI, text, cursor, "spm", context)
     build = time.perf_counter() - started
     with cache.open(prompt.key, decoder) as session:
         result = session.prefill(prompt.ids)
@@ -184,7 +197,7 @@ def run_keystroke(
     if full:
         # What a backend without a cache pays: tokenise everything, run everything.
         started = time.perf_counter()
-        ids = layout_ids("spm", tok, text, cursor, prompt.start, prompt.end)
+        ids = layout_ids("spm", tok, text, cursor, prompt.start, prompt.end, context=context)
         with torch.inference_mode():
             logits = lm(torch.tensor([ids]), use_cache=False, logits_to_keep=1).logits[0, -1]
         full_token = int(logits.argmax())
@@ -203,12 +216,13 @@ def run_keystroke(
 MOVE_LINES = (290, 120, 126, 400, 60, 310, 302, 470, 200, 215, 90, 380)
 MOVE_TYPED = "n = 0\n"
 NEAR_LINES = 20
-# name -> (layout, suffix cap (None: a quarter of the budget), whether the store keeps spares)
-VARIANTS: dict[str, tuple[str, int | None, bool]] = {
-    "spm-old": ("spm", None, False),
-    "spm": ("spm", SUFFIX_CAP, True),
-    "psm-one": ("psm_line", SUFFIX_CAP, False),
-    "psm": ("psm_line", SUFFIX_CAP, True),
+# name -> (layout, suffix cap (None: a quarter of the budget), spares the store keeps per key)
+VARIANTS: dict[str, tuple[str, int | None, int]] = {
+    "spm-old": ("spm", None, 0),
+    "spm": ("spm", SUFFIX_CAP, 1),
+    "psm-one": ("psm_line", SUFFIX_CAP, 0),
+    "psm": ("psm_line", SUFFIX_CAP, 1),
+    "psm-spares": ("psm_line", SUFFIX_CAP, SPARES),
 }
 
 
@@ -339,6 +353,62 @@ def run_moves(args: argparse.Namespace, decoder: Decoder, tok: Tokenizer) -> Non
     print(json.dumps(result))
 
 
+# Stdlib modules open beside the typed file (textwrap.py and string.py): what they import, or
+# use, and others; the chooser picks among them as the engine would.
+CROSS_FILE_OTHERS = ("re/__init__.py", "re/_compiler.py", "shlex.py", "fnmatch.py")
+
+
+def run_cross_file(args: argparse.Namespace, decoder: Decoder, tok: Tokenizer, text: str,
+                   cursor: int) -> None:
+    """The typing session without and with other files' context, interleaved."""
+    others = tuple(OtherDocument(f"file:///bench/{name}", (STDLIB / name).read_text("utf-8"),
+                                 "python") for name in CROSS_FILE_OTHERS)
+    budget = ContextBudget(tokens=CONTEXT_TOKENS + 256, suffix_cap=None)
+    chooser = RepoContextChooser(tok)
+    if not chooser.available:
+        raise SystemExit("--cross-file: the tokenizer has no <reponame> / <filename> tokens")
+
+    def context_of(now: str, at: int) -> RepoContext | None:
+        return chooser.choose(URI, now, at, others, budget.tokens // 4, "file:///bench")
+
+    first = context_of(text, cursor)
+    if first is None:
+        raise SystemExit("--cross-file: nothing chosen from the other files")
+    log.info("context: %s, %d tokens", first.files,
+             len(layout_ids("spm", tok, "", 0, context=first)) - 3)
+    setups = {"off": (PromptBuilder(tok, budget), PrefixStore(), None),
+              "on": (PromptBuilder(tok, budget), PrefixStore(), context_of)}
+    for builder, cache, of in setups.values():  # warm-up, both paths
+        for _ in range(2):
+            run_keystroke(decoder, tok, builder, cache, text, cursor, "warm-up", True, of)
+    rows: dict[str, list[Keystroke]] = {"off": [], "on": []}
+    print(f"{'key':>8} {'off ctx':>7} {'ran':>4} {'ms':>8} {'on ctx':>7} {'ran':>4} {'ms':>8}")
+    for i, (now, at, key) in enumerate(session(text, cursor, args.keystrokes)):
+        full = i % args.full_every == 0
+        order = ["off", "on"] if i % 2 == 0 else ["on", "off"]
+        for name in order:
+            builder, cache, of = setups[name]
+            rows[name].append(run_keystroke(decoder, tok, builder, cache, now, at, key, full, of))
+        off, on = rows["off"][-1], rows["on"][-1]
+        print(f"{key:>8} {off.context:>7} {off.computed:>4} {off.cached_ms:>8.2f} "
+              f"{on.context:>7} {on.computed:>4} {on.cached_ms:>8.2f}", flush=True)
+    cached = {name: summary(rows[name], "cached_ms") for name in rows}
+    build = {name: summary(rows[name], "build_ms") for name in rows}
+    ratio = round(cached["on"]["median"] / cached["off"]["median"], 3)
+    print(f"\ncached edit -> token, median ms: off {cached['off']['median']}, on "
+          f"{cached['on']['median']}; on / off = {ratio} (target <= 1.10)")
+    result = {
+        "bench": "keystroke-cross-file", "shape": "tiny_starcoder_py (random weights)",
+        "dtype": args.dtype, "keystrokes": len(rows["on"]), "cached_ms": cached,
+        "build_ms": build, "on_over_off": ratio, "target_met": ratio <= 1.10,
+        "context_files": first.files,
+        "prompt_tokens": {name: rows[name][-1].context for name in rows},
+        "computed_max": {name: max(r.computed for r in rows[name]) for name in rows},
+        "choices": chooser.choices, "decode_path": decoder.path, "machine": machine(),
+    }
+    print(json.dumps(result))
+
+
 def summary(rows: list[Keystroke], field: str) -> dict[str, float]:
     values = sorted(v for r in rows if (v := getattr(r, field)) is not None)
     p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
@@ -375,6 +445,8 @@ def main() -> None:
                         help=f"--moves: the first N of the {len(MOVE_LINES)} moves")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"--moves: comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--cross-file", action="store_true",
+                        help="typing without and with other files' context, interleaved")
     args = parser.parse_args()
     if args.keystrokes < 2 or args.full_every < 1:
         parser.error("--keystrokes must be at least 2 and --full-every at least 1")
@@ -397,6 +469,9 @@ def main() -> None:
     decoder = make_decoder(lm, "torch" if args.dtype in ("fp32p", "bf16p") else "auto")
     if args.moves:
         run_moves(args, decoder, tok)
+        return
+    if args.cross_file:
+        run_cross_file(args, decoder, tok, text, cursor)
         return
     cache = PrefixStore()
     # The whole file in the prompt, its text after the cursor too (no suffix cap): the context

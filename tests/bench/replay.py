@@ -5,6 +5,7 @@ weights (f32 GGUF).
     .venv/bin/python tests/bench/replay.py [--model tiny|default|FOLDER] [--sessions 6]
         [--hunks 3] [--type-chars 8] [--min-hunks 2] [--busy N] [--no-llamacpp]
         [--packages packaging:24.1:24.2 jinja2:3.1.4:3.1.5] [--requests-out FILE]
+        [--think-ms 300] [--no-warm] [--context-tokens N] [--fim-layout psm]
 
 The edits: two released versions of each package (`pip download --no-deps` of pure-Python
 wheels, cached under ~/.cache/gptbigcode-lsp/replay/); each .py file that changed between them
@@ -16,7 +17,12 @@ into), the first new line is typed a character at a time (at most --type-chars o
 request after each character, answered before the next key, and the rest of the place's new
 text is pasted in one didChange and asked once more. A place's first request is a "move"
 (except at the first place, where the cursor already was: there it is "typing"); the others
-are "typing" or "paste". The replayed text is checked against the diff's.
+are "typing" or "paste". The replayed text is checked against the diff's. --think-ms N (default
+0) leaves N ms of idle time where an editor's user pauses: after opening the file, before its
+first request, and at each place after the old lines are deleted, before the first character
+is typed (so a move's first request comes N ms after the edit that showed where the cursor
+went); the pauses are not in the latencies. Ours warms its cache in such pauses unless
+--no-warm (the server's `warm` option off); llama.cpp's server gets the same pauses.
 
 Ours: `python -m lsp_server` (lsp_server.client.start), maxNewTokens 16, debounceMs 0,
 minConfidence 0 (nothing hidden: every answer includes its generation), timeBudgetMs 600000
@@ -112,6 +118,11 @@ class Edit:
 
 
 @dataclass
+class Pause:
+    ms: int  # idle time: the user reads or thinks
+
+
+@dataclass
 class Ask:
     at: int  # the cursor, an offset into the document's current text
     kind: str  # open, move, typing, paste
@@ -121,7 +132,7 @@ class Ask:
 class Session:
     name: str
     text: str  # the old file
-    steps: list[Edit | Ask]
+    steps: list[Edit | Ask | Pause]
     expected: str  # the text once every step is applied
     lines: int
     places: int  # changed places replayed
@@ -172,25 +183,28 @@ def kind_of(natural: str, place: int, asked: int) -> str:
     return "move" if place > 0 and asked == 0 else natural
 
 
-def session_of(name: str, old: str, new: str, places: int, type_chars: int) -> Session:
+def session_of(name: str, old: str, new: str, places: int, type_chars: int,
+               think_ms: int = 0) -> Session:
     """The editor session that makes `places` of the changes from `old` to `new`."""
     a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
     hunks = [op for op in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
              if op[0] != "equal"]
     chosen = spread(hunks, places)
     lines, shift = list(a), 0
-    steps: list[Edit | Ask] = []
+    steps: list[Edit | Ask | Pause] = []
     for index, (_, i1, i2, j1, j2) in enumerate(chosen):
         at = i1 + shift
         start = sum(map(len, lines[:at]))
         end = start + sum(map(len, lines[at: at + i2 - i1]))
         if index == 0:
+            steps.extend([Pause(think_ms)] if think_ms else [])
             steps.append(Ask(start, "open"))
         region = "".join(b[j1:j2])
         first_line = region.split("\n", 1)[0]
         rest = region[len(first_line):]
         blank = "\n" if region.endswith("\n") else ""  # the line typed into, deleted with the old
         steps.append(Edit(start, end, blank))
+        steps.extend([Pause(think_ms)] if think_ms else [])
         asks = 0
         if not region:
             steps.append(Ask(start, kind_of("typing", index, asks)))
@@ -231,7 +245,7 @@ def sessions(args: argparse.Namespace) -> list[Session]:
             if old[path] == new[path]:
                 continue
             s = session_of(f"{path} {old_version}->{new_version}", old[path], new[path],
-                           args.hunks, args.type_chars)
+                           args.hunks, args.type_chars, args.think_ms)
             if s.changed_places >= args.min_hunks:
                 queue.append(s)
         queues.append(queue)
@@ -306,6 +320,9 @@ class Ours:
         text, timed = session.text, []
         self.client.open(uri, text)
         for step in session.steps:
+            if isinstance(step, Pause):
+                await asyncio.sleep(step.ms / 1000)
+                continue
             if isinstance(step, Edit):
                 self.client.replace(uri, position(text, step.start), position(text, step.end),
                                     step.text)
@@ -348,6 +365,9 @@ class Llama:
     async def replay(self, session: Session) -> list[Request]:
         text, done = session.text, []
         for step in session.steps:
+            if isinstance(step, Pause):
+                await asyncio.sleep(step.ms / 1000)
+                continue
             if isinstance(step, Edit):
                 text = text[: step.start] + step.text + text[step.end:]
                 continue
@@ -437,9 +457,12 @@ async def run(args: argparse.Namespace, plan: list[Session], served: str,
               gguf: Path | None, positions: int, scratch: Path) -> dict[str, Any]:
     options: dict[str, Any] = {
         "debounceMs": 0, "maxNewTokens": MAX_NEW_TOKENS, "minConfidence": 0.0,
-        "timeBudgetMs": 600_000, "diagnostics": {"enabled": False}, "dtype": args.dtype}
+        "timeBudgetMs": 600_000, "diagnostics": {"enabled": False}, "dtype": args.dtype,
+        "warm": not args.no_warm}
     if args.context_tokens:
         options["contextTokens"] = args.context_tokens
+    if args.fim_layout:
+        options["fimLayout"] = args.fim_layout
     client = await start(["--model", served, "--threads", "1"], options,
                          client=Client("replay-bench", heard), cwd=str(ROOT))
     with contextlib.ExitStack() as stack:
@@ -555,16 +578,23 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="ours' dtype option")
     parser.add_argument("--context-tokens", type=int, default=None,
                         help="ours' contextTokens option (default: the server's own budget)")
+    parser.add_argument("--fim-layout", choices=["spm", "psm", "auto"], default=None,
+                        help="ours' fimLayout option (default: the server's, auto)")
     parser.add_argument("--gguf-type", default="f32", choices=["f32", "f16", "bf16"],
                         help="the GGUF llama-server runs")
     parser.add_argument("--no-llamacpp", action="store_true", help="replay on ours only")
     parser.add_argument("--requests-out", type=Path, help="write every request here (JSON)")
+    parser.add_argument("--think-ms", type=int, default=0,
+                        help="idle ms after the open and after each place's deletion, before "
+                             "the next request or key")
+    parser.add_argument("--no-warm", action="store_true",
+                        help="ours with the warm option off (no prefill while idle)")
     args = parser.parse_args()
     for name in ("sessions", "hunks", "min_hunks"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.type_chars < 0 or args.busy < 0:
-        parser.error("--type-chars and --busy must be at least 0")
+    if args.type_chars < 0 or args.busy < 0 or args.think_ms < 0:
+        parser.error("--type-chars, --busy and --think-ms must be at least 0")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     logging.getLogger("pygls").setLevel(logging.WARNING)
 
@@ -596,6 +626,8 @@ def main() -> None:
           f"layout {loaded.get('layout')}, context budget "
           f"{(final.get('context') or {}).get('tokens')} tokens, 1 thread; "
           f"llama.cpp {args.gguf_type} GGUF, -t 1, -c {config['n_positions']}")
+    print(f"ours' warming: {final.get('warm')} (option warm: {not args.no_warm}; think time "
+          f"{args.think_ms} ms)")
     table(result, sides)
     if outcome["llama_errors"]:
         print(f"llama.cpp errors: {len(outcome['llama_errors'])}, first: "
@@ -616,7 +648,8 @@ def main() -> None:
                  "cache": final.get("cache"), "options": {
                      k: final["options"].get(k) for k in ("maxNewTokens", "debounceMs",
                                                           "minConfidence", "timeBudgetMs",
-                                                          "contextTokens", "fimLayout")}},
+                                                          "contextTokens", "fimLayout",
+                                                          "warm")}, "warm": final.get("warm")},
         **({"llamacpp": {**result["llamacpp"], "errors": len(outcome["llama_errors"]),
                          "gguf": args.gguf_type,
                          "ctx": config["n_positions"], "n_prefix_lines": N_PREFIX,
@@ -624,7 +657,8 @@ def main() -> None:
         "max_new_tokens": MAX_NEW_TOKENS, "threads": 1,
         "sessions": [{"name": s.name, "lines": s.lines, "places": s.places,
                       "changed_places": s.changed_places, "requests": s.asks} for s in plan],
-        "type_chars": args.type_chars, "python": platform.python_version(),
+        "type_chars": args.type_chars, "think_ms": args.think_ms,
+        "python": platform.python_version(),
     }))
 
 

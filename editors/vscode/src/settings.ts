@@ -24,6 +24,7 @@ export const SERVER_OPTION_KEYS = [
   "minConfidence",
   "candidates",
   "cacheBudgetMb",
+  "warm",
 ] as const;
 
 /** Settings under "gptbigcode.diagnostics." that are the server's `diagnostics` options. */
@@ -43,6 +44,9 @@ export const DIAGNOSTICS_OPTION_KEYS = [
 /** Settings under "gptbigcode.engine." that are the server's `engine` options. */
 export const ENGINE_OPTION_KEYS = ["kind", "url", "model", "apiKeyEnv", "timeoutMs"] as const;
 
+/** Settings under "gptbigcode.crossFile." that are the server's `crossFile` options. */
+export const CROSS_FILE_OPTION_KEYS = ["enabled", "share"] as const;
+
 /** Reads one setting by its key under "gptbigcode." (`getConfiguration("gptbigcode").get`). */
 export type ReadSetting = (key: string) => unknown;
 
@@ -53,10 +57,11 @@ export interface ServerCommand {
 
 /** initializationOptions, and the section sent with workspace/didChangeConfiguration: every
  * server option, null where unset (the server then uses its own default); the
- * "engine." and "diagnostics." settings go nested under `engine` and `diagnostics`, as the
- * server reads them. */
+ * "crossFile.", "engine." and "diagnostics." settings go nested under `crossFile`, `engine`
+ * and `diagnostics`, as the server reads them. */
 export function serverOptions(read: ReadSetting): Record<string, unknown> {
   const options = readKeys(read, SERVER_OPTION_KEYS, "");
+  options.crossFile = readKeys(read, CROSS_FILE_OPTION_KEYS, "crossFile.");
   options.engine = readKeys(read, ENGINE_OPTION_KEYS, "engine.");
   options.diagnostics = readKeys(read, DIAGNOSTICS_OPTION_KEYS, "diagnostics.");
   return options;

@@ -25,7 +25,14 @@ M.default_options = {
   timeBudgetMs = 2000,
   minConfidence = vim.NIL, -- null: the threshold calibrated for the model
   candidates = 1, -- suggestions per request (1..8), best first: menu items, <M-]> / <M-[> inline
+  -- Other open files (those imported, those defining names near the cursor) ahead of the
+  -- current one in StarCoder's repository format, in at most `share` of the prompt's tokens.
+  crossFile = {
+    enabled = true,
+    share = 0.25,
+  },
   cacheBudgetMb = 1024,
+  warm = true, -- prefill the cache while idle (after opening, editing, a suggestion)
   -- Where generation runs: "local" (in the server), or a shared serving engine ("vllm",
   -- "llamacpp", "openai") at `url`; the key comes from the environment variable apiKeyEnv names.
   engine = {
