@@ -315,8 +315,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     corpus = load_corpus(args.data)
     train_files = [f for f in corpus.train if not is_validation(f.path)]
     val_files = [f for f in corpus.train if is_validation(f.path)]
+    started_from: dict[str, object] = {}
     if args.init is not None:
         model = DiagnosticsModel.from_pretrained(args.init, dtype=torch.float32)
+        started_from = dict(model.settings.training)
         tok = Tokenizer.from_pretrained(args.init)
     else:
         model = DiagnosticsModel.fresh(args.backbone)
@@ -374,6 +376,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "torch": torch.__version__, "seed": args.seed,
         "command": "python -m model.train.heads " + " ".join(sys.argv[1:]),
     }
+    if args.init is not None:  # the run it continued, as that model recorded it
+        summary["continued_from"] = started_from
     model.settings.training = summary
     save(model, args.backbone, args.run_dir / "final")
     (args.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
