@@ -172,9 +172,7 @@ class GPTBigCodeServer(LanguageServer):
         document = self.documents.get(uri)
         offset = document.offset_at(position, self.documents.encoding)
         self.warming.asking(uri, offset)
-        others = tuple(OtherDocument(other.uri, other.text, other.language_id)
-                       for u in self.documents if u != uri
-                       for other in [self.documents.get(u)])
+        others = self.other_documents(uri)
         texts = await self.completions.suggest(
             state, document, offset, kind, self.model.engine, self.options, invoked, others,
             self.client.root,
@@ -183,15 +181,20 @@ class GPTBigCodeServer(LanguageServer):
             self.warming.answered(uri)
         return Suggestion(document, offset, texts) if texts is not None else None
 
+    def other_documents(self, uri: str) -> tuple[OtherDocument, ...]:
+        """The open documents besides `uri`: candidates for the prompt's cross-file context
+        (the same for a request and for the warming that prepares it)."""
+        return tuple(OtherDocument(other.uri, other.text, other.language_id)
+                     for u in self.documents if u != uri
+                     for other in [self.documents.get(u)])
+
     def completion_request(self, uri: str, offset: int) -> CompletionRequest | None:
         """A request at `offset` (clamped to the text) as `suggest` makes one, for warming;
         None when the document is not open."""
         if uri not in self.documents:
             return None
         document = self.documents.get(uri)
-        others = tuple(OtherDocument(other.uri, other.text, other.language_id)
-                       for u in self.documents if u != uri
-                       for other in [self.documents.get(u)])
+        others = self.other_documents(uri)
         return CompletionRequest(uri, document.text, min(offset, len(document.text)),
                                  document.language_id or "python", others, self.client.root)
 
