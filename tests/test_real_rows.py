@@ -94,3 +94,12 @@ def test_calibration_stretches_know_their_truth(files: list[RealFile]) -> None:
             value = s.text[span.start:span.end]
             assert value.strip() and "\n" not in value.strip() or "PRIVATE KEY" in value
     assert all(not uncertain_spans(s.text) for s in samples if not s.spans)
+
+
+def test_no_file_to_plant_into_is_a_clear_error(tok: Tokenizer) -> None:
+    short = [RealFile("p", "a.py", "python", "x = 1\n" * 10),
+             RealFile("p", "b.toml", "config", "[tool]\n" * 500)]
+    with pytest.raises(ValueError, match="no Python file of 80\\+ lines"):
+        planted_rows(short, tok, LABELS, 256, 4, seed=1)
+    with pytest.raises(ValueError, match="no Python file of 80\\+ lines"):
+        planted_samples(short, 4, seed=1)

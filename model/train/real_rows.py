@@ -100,9 +100,13 @@ def negative_rows(files: Sequence[RealFile], tok: Tokenizer, labels: Sequence[st
 
 
 def plant_hosts(files: Sequence[RealFile]) -> list[RealFile]:
-    """Python files long enough to plant into whose statements are known (they parse)."""
-    return [f for f in files if f.kind == "python" and f.text.count("\n") >= MIN_HOST_LINES
-            and insertion_points(f.text)]
+    """Python files long enough to plant into whose statements are known (they parse); a
+    ValueError when there is none."""
+    hosts = [f for f in files if f.kind == "python" and f.text.count("\n") >= MIN_HOST_LINES
+             and insertion_points(f.text)]
+    if not hosts:
+        raise ValueError(f"no Python file of {MIN_HOST_LINES}+ lines to plant credentials into")
+    return hosts
 
 
 def planted_rows(files: Sequence[RealFile], tok: Tokenizer, labels: Sequence[str], size: int,
@@ -112,8 +116,6 @@ def planted_rows(files: Sequence[RealFile], tok: Tokenizer, labels: Sequence[str
     targeted as in `negative_rows`."""
     rng = random.Random(seed)
     hosts = plant_hosts(files)
-    if not hosts:
-        raise ValueError(f"no Python file of {MIN_HOST_LINES}+ lines to plant credentials into")
     rows: list[Row] = []
     turn = 0
     while len(rows) < count:
@@ -154,8 +156,6 @@ def planted_samples(files: Sequence[RealFile], count: int, seed: int, size_lines
     with text `uncertain_spans` would flag is skipped (its truth is unknown)."""
     rng = random.Random(seed)
     hosts = plant_hosts(files)
-    if not hosts:
-        raise ValueError(f"no Python file of {MIN_HOST_LINES}+ lines to plant credentials into")
     out: list[Sample] = []
     turn = 0
     attempts = 0
