@@ -277,7 +277,29 @@ def never_a_credential(text: str, start: int, end: int, label: str) -> str | Non
         return "public"
     if label == "KEY" and word_shaped(value):
         return "name"
+    if _UUID.fullmatch(value) and names_an_identifier(text[line_start:start]):
+        return "identifier"
     return None
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# The name a value is given on its line: `name = "`, `"name": "`, `name: '`, `name=["`.
+_GIVEN_TO = re.compile(
+    r"""([A-Za-z_][A-Za-z0-9_\-]*)["']?\s*[:=]\s*[\[(]?\s*[rbuRBU]?["']?\s*\Z""")
+_IDENTIFIER_WORDS = frozenset({"id", "ids", "uuid", "guid"})
+_CREDENTIAL_WORDS = re.compile(r"(?i)key|token|secret|pass|pwd|auth|cred|sign|private")
+
+
+def names_an_identifier(before: str) -> bool:
+    """Whether the text before a value on its line gives it to a name of an identifier
+    (`request_id`, `traceId`, `tenant-uuid`) that asks for no credential: a UUID there is a
+    record's id, not a key (an Azure client id, a request id). A UUID given to a key's name
+    (`HEROKU_API_KEY`) is still judged by the tagger."""
+    given = _GIVEN_TO.search(before)
+    if given is None or _CREDENTIAL_WORDS.search(given.group(1)):
+        return False
+    words = [w.lower() for w in _WORD.findall(given.group(1))]
+    return bool(words) and words[-1] in _IDENTIFIER_WORDS
 
 
 def candidate_spans(text: str, offsets: Offsets, grouped: torch.Tensor, kinds: list[str]
@@ -359,10 +381,17 @@ def value_span(
     return start, end
 
 
+# Public resolvers everyone configures: a service's address, no person's.
+WELL_KNOWN_RESOLVERS = frozenset({"8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9",
+                                  "208.67.222.222", "208.67.220.220", "2001:4860:4860::8888",
+                                  "2001:4860:4860::8844", "2606:4700:4700::1111"})
+
+
 def public_address(value: str) -> bool:
     """Whether a value tagged IP_ADDRESS is one: a globally routable address (with an optional
-    port). The training data labels only those (private, loopback, link-local, reserved and
-    documentation ranges are no personal data), and a fragment such as a port number is not an
+    port) other than a well-known public resolver. The training data labels only those
+    (private, loopback, link-local, reserved and documentation ranges, and the resolvers
+    everyone configures, are no personal data), and a fragment such as a port number is not an
     address at all."""
     host = value
     if host.startswith("[") and "]" in host:  # [2001:db8::1]:443
@@ -372,6 +401,7 @@ def public_address(value: str) -> bool:
     if "%" in host:  # a zone: only meaningful for a link-local address
         return False
     try:
-        return ipaddress.ip_address(host).is_global
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    return address.is_global and str(address) not in WELL_KNOWN_RESOLVERS

@@ -13,7 +13,9 @@ from model.tagging import (
     Entity,
     bio_labels,
     decode_entities,
+    names_an_identifier,
     never_a_credential,
+    public_address,
     published_contact,
     word_shaped,
 )
@@ -39,6 +41,12 @@ def reason(line: str, value: str, label: str = "KEY") -> str | None:
     ("    --hash=sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
      "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "KEY", "digest"),
     ("    Endpoints scaled to zero will not be charged.", "charged", "PASSWORD", "no cue"),
+    ('request_id = "123e4567-e89b-12d3-a456-426614174000"',
+     "123e4567-e89b-12d3-a456-426614174000", "KEY", "identifier"),
+    ('    "traceId": "0F8FAD5B-D9CB-469F-A165-70867728950E",',
+     "0F8FAD5B-D9CB-469F-A165-70867728950E", "KEY", "identifier"),
+    ('client(tenant_uuid="7c9e6679-7425-40de-944b-e07fc1f90ae7")',
+     "7c9e6679-7425-40de-944b-e07fc1f90ae7", "KEY", "identifier"),
 ])
 def test_values_that_are_never_credentials(line: str, value: str, label: str, why: str) -> None:
     assert reason(line, value, label) == why
@@ -53,6 +61,12 @@ def test_values_that_are_never_credentials(line: str, value: str, label: str, wh
     ('smtp.login("ops@acme.io", "dragon")', "dragon", "PASSWORD"),
     ("mysql -u root -p'hunter22' app", "hunter22", "PASSWORD"),
     ('password = "summer"', "summer", "PASSWORD"),
+    ('HEROKU_API_KEY = "01234567-89ab-4def-8123-456789abcdef"',
+     "01234567-89ab-4def-8123-456789abcdef", "KEY"),
+    ('api_key_id = "01234567-89ab-4def-8123-456789abcdef"',
+     "01234567-89ab-4def-8123-456789abcdef", "KEY"),
+    ('print("01234567-89ab-4def-8123-456789abcdef")', "01234567-89ab-4def-8123-456789abcdef",
+     "KEY"),
 ])
 def test_credentials_are_kept(line: str, value: str, label: str) -> None:
     assert reason(line, value, label) is None
@@ -142,3 +156,25 @@ def test_a_user_name_is_reported_only_beside_a_credential() -> None:
     assert decoded(far, tags) == [("Tr0ub4dor-3", "PASSWORD")]  # four lines apart
     near = ['user = "', "deploy", '"\n', 'password = "', "Tr0ub4dor-3", '"\n']
     assert decoded(near, tags) == [("deploy", "USERNAME"), ("Tr0ub4dor-3", "PASSWORD")]
+
+
+@pytest.mark.parametrize("before, named", [
+    ('request_id = "', True), ("    trace_id='", True), ('"correlationId": "', True),
+    ("guid: ", True), ('session_key_id = "', False), ('password = "', False),
+    ('validate(', False), ('ids = ["', True), ('api_key = "', False),
+])
+def test_which_names_name_an_identifier(before: str, named: bool) -> None:
+    assert names_an_identifier(before) is named
+
+
+@pytest.mark.parametrize("value, public", [
+    ("52.14.203.77", True), ("52.14.203.77:8443", True), ("[2600:1f18::7]:443", True),
+    ("8.8.8.8", False), ("1.1.1.1:53", False), ("2001:4860:4860::8888", False),
+    ("192.168.1.20", False), ("127.0.0.1", False), ("203.0.113.7", False), ("443", False),
+])
+def test_only_addresses_of_hosts_people_run_are_personal(value: str, public: bool) -> None:
+    assert public_address(value) is public
+
+
+def test_the_generated_resolvers_are_all_dropped() -> None:
+    assert not any(public_address(a) for a in secrets_data.WELL_KNOWN_DNS)

@@ -38,6 +38,7 @@ B64 = ALNUM + "+/"
 B64URL = ALNUM + "-_"
 PASSWORD_SYMBOLS = "!@^&*-_+=.?~"
 URL_PASSWORD_SYMBOLS = "-_.~!*"
+# All among model.tagging.WELL_KNOWN_RESOLVERS; kept as they are: the generated sets stay put.
 WELL_KNOWN_DNS = ("8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "208.67.222.222")
 
 
