@@ -247,6 +247,39 @@ def test_a_resumed_run_equals_one_uninterrupted_run(tmp_path: Path) -> None:
     assert all("held_out_bpb" in r and "tokens" in r for r in rows)
 
 
+@pytest.mark.slow
+def test_a_session_stopped_by_a_signal_saves_and_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from safetensors.torch import load_file
+
+    import model.train.train as train
+    data = tmp_path / "data"
+    write_corpus(data)
+    whole = tiny_run(tmp_path / "whole", data, "--steps", "8")
+    real_step, calls = train.train_step, []
+
+    def step_then_signal(*args: object, **kwargs: object) -> float:
+        loss = real_step(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(loss)
+        if len(calls) == 3:  # as if Ctrl-C came during the third step
+            signal.raise_signal(signal.SIGTERM)
+        return loss
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = tiny_run(tmp_path / "split", data, "--steps", "8")
+    assert stopped["complete"] is False and stopped["steps"] == 3
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back
+    monkeypatch.setattr(train, "train_step", real_step)
+    rest = run_resume(tmp_path / "split")
+    assert rest["complete"] is True and rest["steps"] == 8 and rest["tokens"] == whole["tokens"]
+    a = load_file(tmp_path / "whole" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "final" / "model.safetensors")
+    assert all(a[key].equal(b[key]) for key in a)
+
+
 def run_resume(run_dir: Path) -> dict[str, object]:
     from model.train.train import parse_args, run
     return run(parse_args(["--resume", str(run_dir), "--threads", "1"]))

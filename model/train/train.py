@@ -12,6 +12,8 @@ state, RNG states, data position, step; written every --checkpoint-minutes and a
 session, atomically) lets --resume continue the same run exactly: N steps in one session give
 the same weights as N/2 and a resumed N/2. Without them the schedule runs on wall-clock
 progress through --minutes (the packaged model's recipe), and such a run cannot be resumed.
+Ctrl-C (or SIGTERM) ends a resumable session early the same way: after the step in flight, with
+the state saved; a second one stops at once.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import os
 import platform
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -450,30 +454,37 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if resumable:
             save_state(model, optimizer, state, args.run_dir)
 
+    stop = StopRequest()
+
     def session_over() -> bool:
-        return resumable and (state.elapsed >= args.minutes * 60 or (
+        return resumable and (stop.asked or state.elapsed >= args.minutes * 60 or (
             args.session_steps is not None and state.step - first_step >= args.session_steps))
 
     first_step = state.step
     next_eval = 0.0 if state.step == 0 else args.eval_minutes * 60
     next_save = args.checkpoint_minutes * 60
     batches = batches_from(text, tok, args, state.epoch, state.batch_index)
-    while state.fraction < 1.0 and not session_over():
-        if state.elapsed >= next_eval:
-            evaluate_and_record(model, eval_rows, bytes_per_token, state, args, autocast)
-            next_eval = state.elapsed + args.eval_minutes * 60
-        if state.elapsed >= next_save:
-            save_all()
-            next_save = state.elapsed + args.checkpoint_minutes * 60
-        epoch, index, batch = next(batches)
-        loss = train_step(step_model, optimizer, batch, lr_at(state.step, state.fraction, args),
-                          args, autocast)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss} at step {state.step}")
-        state.observe(loss)
-        state.step += 1
-        state.tokens += batch.numel()
-        state.epoch, state.batch_index = epoch, index + 1
+    restore_handlers = stop.install() if resumable else None
+    try:
+        while state.fraction < 1.0 and not session_over():
+            if state.elapsed >= next_eval:
+                evaluate_and_record(model, eval_rows, bytes_per_token, state, args, autocast)
+                next_eval = state.elapsed + args.eval_minutes * 60
+            if state.elapsed >= next_save:
+                save_all()
+                next_save = state.elapsed + args.checkpoint_minutes * 60
+            epoch, index, batch = next(batches)
+            loss = train_step(step_model, optimizer, batch, lr_at(state.step, state.fraction, args),
+                              args, autocast)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss} at step {state.step}")
+            state.observe(loss)
+            state.step += 1
+            state.tokens += batch.numel()
+            state.epoch, state.batch_index = epoch, index + 1
+    finally:
+        if restore_handlers is not None:
+            restore_handlers()
     complete = state.fraction >= 1.0
     final_loss = evaluate_and_record(model, eval_rows, bytes_per_token, state, args, autocast)
     if complete:
@@ -495,6 +506,34 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     (args.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("%s: %s", "done" if complete else "session over, resume with --resume", summary)
     return summary
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM during a resumable session: the first ends the session after the step
+    in flight (evaluated and saved as at its end); a second stops at once."""
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    def install(self) -> Callable[[], None] | None:
+        """Handle SIGINT and SIGTERM until the returned function puts the old handlers back;
+        None (nothing installed) outside the main thread, where Python takes no handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        kinds = (signal.SIGINT, signal.SIGTERM)
+        before = {kind: signal.signal(kind, self._handle) for kind in kinds}
+
+        def restore() -> None:
+            for kind, handler in before.items():
+                signal.signal(kind, handler)
+        return restore
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        log.warning("%s: ending the session after this step and saving its state (again to "
+                    "stop at once)", signal.Signals(signum).name)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
