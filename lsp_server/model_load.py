@@ -62,6 +62,7 @@ async def load_model(ls: GPTBigCodeServer) -> None:
     message = f"{choice.name} ready on {engine.device} ({engine.dtype})"
     log.info("%s", message)
     _end_progress(ls, token, message)
+    ls.warming.ready()
     if engine.warnings:
         ls.warn(engine.warnings)
 

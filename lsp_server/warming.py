@@ -1,7 +1,8 @@
 """When to warm the cache: when a document opens, shortly after an edit that no request followed
-(the prompt at the place edited), and once the server has been idle a moment after an edit or
-an answer (the document's head, for moves); one warm at a time, stopped by anything newer. What
-to warm is the engine's part (engine/warming.py)."""
+(the prompt at the place edited), once the server has been idle a moment after an edit or an
+answer (the document's head, for moves), and when a model finishes loading (the document the
+user touched last: an editor opens its files while the model still loads); one warm at a time,
+stopped by anything newer. What to warm is the engine's part (engine/warming.py)."""
 
 from __future__ import annotations
 
@@ -46,15 +47,30 @@ class WarmScheduler:
         self._timer: asyncio.Task[None] | None = None
         self._job: Job[Any] | None = None
         self._uri: str | None = None
+        self._latest: str | None = None  # the open document of the newest event
+
+    @property
+    def latest(self) -> str | None:
+        """The open document that was opened, edited or asked about last."""
+        return self._latest
 
     # -- events -----------------------------------------------------------------------------
 
     def opened(self, uri: str) -> None:
+        self._latest = uri
         self._schedule(uri, 0, document=True)
+
+    def ready(self) -> None:
+        """A model finished loading: what was opened or edited meanwhile warmed nothing, so
+        the document touched last is warmed now, where the client last asked in it (its
+        start for a file never asked about)."""
+        if self._latest is not None:
+            self._schedule(self._latest, 0, document=True)
 
     def edited(self, uri: str, offset: int | None) -> None:
         """An edit ending at `offset` (None: unknown, e.g. the whole text replaced): the
         prompt there after EDIT_MS, the document's head once idle."""
+        self._latest = uri
         if offset is not None:
             self._hint(uri, offset)
         self._schedule(uri, EDIT_MS, document=False)
@@ -63,6 +79,7 @@ class WarmScheduler:
         """A request at `offset`: a warm waiting to start is dropped; one running goes on
         until the request's job is queued behind it (and is not resumed after it: the
         answer schedules the next warm)."""
+        self._latest = uri
         self._hint(uri, offset)
         self._cancel_timer()
         self._job = None
@@ -71,6 +88,8 @@ class WarmScheduler:
         self._schedule(uri, IDLE_MS, document=True)
 
     def closed(self, uri: str) -> None:
+        if self._latest == uri:
+            self._latest = None
         if self._uri == uri:
             self.stop()
 

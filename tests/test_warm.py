@@ -291,6 +291,39 @@ def test_the_warm_option_off_warms_nothing(monkeypatch: pytest.MonkeyPatch) -> N
     assert asyncio.run(run(True)).runs[-1] == (7, 2, False)  # on: where the edit ended
 
 
+def test_a_model_that_finishes_loading_warms_the_document_touched_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(warming_module, "IDLE_MS", 0)
+    monkeypatch.setattr(warming_module, "EDIT_MS", 0)
+
+    Runs = list[tuple[int, int, bool]]
+
+    async def run() -> tuple[Runs, Runs, str | None]:
+        worker, engine = InferenceWorker(asyncio.get_running_loop()), FakeEngine(chunks=2)
+        loaded: list[FakeEngine | None] = [None]  # the model still loads
+        warm = WarmScheduler(lambda: worker, lambda uri, offset: CompletionRequest(  # type: ignore[arg-type]
+            uri, "x = 1\n" * 50, offset), lambda: loaded[0], lambda: True)  # type: ignore[arg-type,return-value]
+        warm.opened("file:///a.py")
+        warm.opened("file:///b.py")
+        warm.edited("file:///b.py", 30)
+        await asyncio.sleep(0.05)
+        before = list(engine.runs)  # nothing: no model to warm with
+        loaded[0] = engine
+        warm.ready()
+        await settle(engine, 1)
+        warm.closed("file:///b.py")
+        latest = warm.latest
+        warm.ready()  # a reload with the last document closed: nothing to warm
+        await asyncio.sleep(0.05)
+        worker.stop()
+        return before, engine.runs, latest
+
+    before, runs, latest = asyncio.run(run())
+    assert before == [] and runs == [(30, 2, False)]  # b.py, where it was edited, once
+    assert latest is None
+
+
 # -- far moves ------------------------------------------------------------------------------
 
 
@@ -429,3 +462,29 @@ def test_the_server_warms_an_opened_file_and_not_with_the_option_off(
     assert on["warm"]["hits"] >= 1 and on["warm"]["tokens"] > 0
     # Off: nothing warmed, nothing even tried; the request computed its whole prompt.
     assert set(off["warm"].values()) == {0} and off["recent"][-1]["reusedTokens"] == 0
+
+
+@pytest.mark.slow
+def test_the_server_warms_a_file_opened_before_the_model_loaded(tmp_path: Path) -> None:
+    from lsp_client import FAST
+    from lsp_client import start as start_server
+    from lsp_client import stop as stop_server
+    from lsp_fixtures import SAMPLE, build_checkpoint
+    from lsprotocol import types
+
+    checkpoint = build_checkpoint(tmp_path / "tiny")
+    text = SAMPLE.read_text(encoding="utf-8")
+
+    async def run() -> dict[str, Any]:
+        client = await start_server(str(checkpoint), tmp_path, options={
+            **FAST, "fimLayout": "psm", "minConfidence": 0.0}, initialized=False)
+        try:
+            client.open("file:///work/a.py", text)  # the load starts with `initialized`
+            client.initialized(types.InitializedParams())
+            assert (await client.wait_until_loaded())["ready"]
+            return await warmed_status(client, 1)
+        finally:
+            await stop_server(client)
+
+    status = asyncio.run(run())
+    assert status["warm"]["tokens"] > 0 and status["recent"] == []
