@@ -280,6 +280,28 @@ def test_a_session_stopped_by_a_signal_saves_and_resumes_exactly(
     assert all(a[key].equal(b[key]) for key in a)
 
 
+@pytest.mark.slow
+def test_a_resumed_run_can_be_given_a_longer_schedule(tmp_path: Path) -> None:
+    import json
+
+    from model.train.train import parse_args, run
+    data = tmp_path / "data"
+    write_corpus(data)
+    first = tiny_run(tmp_path / "run", data, "--steps", "6", "--session-steps", "3")
+    assert first["steps"] == 3
+    longer = run(parse_args(["--resume", str(tmp_path / "run"), "--threads", "1",
+                             "--steps", "9"]))
+    assert longer["complete"] is True and longer["steps"] == 9
+    saved = json.loads((tmp_path / "run" / "train_args.json").read_text())
+    assert saved["steps"] == 9
+    assert saved["lengthened"] == [{"at_step": 3, "from_steps": 6, "to_steps": 9}]
+    rows = [json.loads(line) for line in
+            (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 3, 9]
+    with pytest.raises(ValueError, match="at step 9"):
+        run(parse_args(["--resume", str(tmp_path / "run"), "--threads", "1", "--steps", "5"]))
+
+
 def run_resume(run_dir: Path) -> dict[str, object]:
     from model.train.train import parse_args, run
     return run(parse_args(["--resume", str(run_dir), "--threads", "1"]))

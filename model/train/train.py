@@ -13,7 +13,8 @@ session, atomically) lets --resume continue the same run exactly: N steps in one
 the same weights as N/2 and a resumed N/2. Without them the schedule runs on wall-clock
 progress through --minutes (the packaged model's recipe), and such a run cannot be resumed.
 Ctrl-C (or SIGTERM) ends a resumable session early the same way: after the step in flight, with
-the state saved; a second one stops at once.
+the state saved; a second one stops at once. `--resume RUN_DIR --total-tokens N` gives the
+schedule a new length from the step it is at (best while the learning rate is near its peak).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its train_state.pt, with its "
                         "arguments (this command's --minutes, --threads, --checkpoint-minutes, "
-                        "--eval-minutes, --compile, --session-steps apply)")
+                        "--eval-minutes, --compile, --session-steps apply; --steps or "
+                        "--total-tokens give the schedule a new length from here on)")
     p.add_argument("--layout", choices=("files", "repos"), default="files",
                    help="files: each file a FIM sample; repos: StarCoder's repository format "
                         "(a corpus with packages, from model.train.corpus)")
@@ -132,6 +134,14 @@ def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     merged = argparse.Namespace(**saved)
     for key in SESSION_ARGS:
         setattr(merged, key, getattr(args, key))
+    merged.lengthened_from = None
+    if args.steps is not None or args.total_tokens is not None:  # a new length for the schedule
+        steps = args.steps if args.steps is not None else math.ceil(
+            args.total_tokens / (saved["batch_size"] * saved["seq_len"]))
+        if steps != saved["steps"]:
+            merged.lengthened_from = saved["steps"]
+            merged.steps = steps
+            merged.total_tokens = args.total_tokens
     for key in ("run_dir", "data", "tokenizer", "init_from"):
         value = getattr(merged, key)
         setattr(merged, key, None if value is None else Path(value))
@@ -308,6 +318,12 @@ def save_state(model: GPTBigCodeForCausalLM, optimizer: torch.optim.Optimizer, s
     os.replace(partial, run_dir / STATE_FILE)
 
 
+def write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def load_state(run_dir: Path) -> dict[str, Any]:
     # weights_only: tensors, numbers, strings and tuples, no arbitrary pickled objects.
     return cast(dict[str, Any], torch.load(run_dir / STATE_FILE, weights_only=True))
@@ -438,6 +454,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         restore(load_state(args.run_dir), model, optimizer, state)
         log.info("resuming at step %d of %d (%d tokens seen)", state.step, args.steps,
                  state.tokens)
+        if args.lengthened_from is not None:
+            lengthen_schedule(args, state)
     else:
         (args.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         saved = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -534,6 +552,26 @@ class StopRequest:
         self.asked = True
         log.warning("%s: ending the session after this step and saving its state (again to "
                     "stop at once)", signal.Signals(signum).name)
+
+
+def lengthen_schedule(args: argparse.Namespace, state: Progress) -> None:
+    """Give a resumed run's schedule its new length (args.steps) from state.step on, recorded
+    in train_args.json under "lengthened". The cosine then runs over the new length: done
+    while the rate is still near its peak, the step in the rate is small (it is logged)."""
+    old = args.lengthened_from
+    if args.steps <= state.step:
+        raise ValueError(f"{args.run_dir}: the run is at step {state.step}; a schedule of "
+                         f"{args.steps} steps would already be over")
+    before = lr_at(state.step, state.step / old, args)
+    after = lr_at(state.step, state.step / args.steps, args)
+    log.warning("schedule lengthened from %d to %d steps at step %d: learning rate %.3g -> %.3g",
+                old, args.steps, state.step, before, after)
+    path = args.run_dir / ARGS_FILE
+    saved = json.loads(path.read_text())
+    saved["lengthened"] = [*saved.get("lengthened", []),
+                           {"at_step": state.step, "from_steps": old, "to_steps": args.steps}]
+    saved["steps"], saved["total_tokens"] = args.steps, args.total_tokens
+    write_atomically(path, json.dumps(saved, indent=1) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
