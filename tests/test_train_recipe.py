@@ -338,3 +338,48 @@ def test_held_out_packages_are_sampled_each_on_its_own_and_reported_beside_xz() 
     assert [(r["package"], r["files"], r["bits_per_byte"]) for r in rows] == [
         ("a", 6, 8.0), ("b", 6, 2.0)]
     assert rows[0]["xz_bits_per_byte"] == round(xz_bits_per_byte([f.text for f in files[:6]]), 4)
+
+
+# -- the learning curve for a model card -----------------------------------------------------
+
+
+def write_metrics(run_dir: Path, rows: list[tuple[int, int, float]]) -> None:
+    import json
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "minutes": s / 10, "tokens": t, "held_out_bpb": b}) + "\n"
+        for s, t, b in rows))
+
+
+def test_the_curve_is_read_in_token_order_thinned_and_compared_at_equal_tokens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from model.train.curve import at_tokens, main, read_curve, thinned
+    # A session resumed from a checkpoint evaluated step 20 again: the later row wins.
+    write_metrics(tmp_path / "big", [(0, 0, 3.5), (10, 1000, 2.5), (20, 2000, 2.2),
+                                     (20, 2000, 2.1), (30, 3000, 2.0), (40, 4000, 1.9)])
+    write_metrics(tmp_path / "small", [(0, 0, 3.4), (10, 1000, 2.6), (40, 4000, 2.3)])
+    points = read_curve(tmp_path / "big")
+    assert [(p.tokens, p.bpb) for p in points] == [
+        (0, 3.5), (1000, 2.5), (2000, 2.1), (3000, 2.0), (4000, 1.9)]
+    assert [p.tokens for p in thinned(points, 2000)] == [0, 2000, 4000]
+    small = read_curve(tmp_path / "small")
+    assert at_tokens(small, 1000) == 2.6 and at_tokens(small, 5000) is None
+    assert 2.3 < at_tokens(small, 2000) < 2.6  # type: ignore[operator]
+    main([str(tmp_path / "big"), "--every", "2000", "--compare", str(tmp_path / "small")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[3].startswith("| 0.0M | 0 | 0 | 3.500 | 3.400 |") and len(out) == 7
+    summary = json.loads(out[-1])
+    assert summary["curve"] == [[0, 3.5], [2000, 2.1], [4000, 1.9]]
+    assert summary["compare"]["at"][-1] == [4000, 2.3]
+
+
+def test_a_broken_metrics_row_is_named(tmp_path: Path) -> None:
+    from model.train.curve import read_curve
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "tokens": 5}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:1: not a metrics row"):
+        read_curve(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+        read_curve(tmp_path / "nothing")
