@@ -321,7 +321,11 @@ class RepoContextChooser:
                         taken[n].append(piece)
         # The most relevant file last, nearest the current one; a file's pieces in its order.
         pieces = [p for pairs in reversed(taken) for _, p in sorted(pairs, key=lambda t: t[0])]
-        return RepoContext(reponame, current, tuple(pieces)) if pieces else None
+        if not pieces and (header > max_tokens or not current):
+            return None
+        # With nothing from other files, the header alone (`<reponame>name<filename>path`) still
+        # tells a model trained in this format where the file lives (a test, a package module).
+        return RepoContext(reponame, current, tuple(pieces))
 
     def _fit(self, candidate: _Candidate, region: tuple[int, int, str], left: int
              ) -> tuple[tuple[int, Piece] | None, int]:

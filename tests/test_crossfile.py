@@ -152,6 +152,19 @@ def test_the_context_stays_within_its_token_limit(tok: Tokenizer) -> None:
     assert choose(RepoContextChooser(tok), docs=docs, max_tokens=10) is None  # not even names
 
 
+def test_a_file_alone_still_gets_its_repository_header(tok: Tokenizer) -> None:
+    """Nothing from other files: `<reponame>name<filename>path` alone, as in training, where
+    it fits; nothing where it does not."""
+    context = choose(RepoContextChooser(tok), docs=())
+    assert context == RepoContext("shop", "shop/orders.py", ())
+    ids = repo_context_ids(tok, context)
+    assert tok.decode(ids) == "<reponame>shop<filename>shop/orders.py\n"
+    assert choose(RepoContextChooser(tok), docs=(), max_tokens=len(ids) - 1) is None
+    unrelated = others((UNRELATED, COLOURS))
+    alone = choose(RepoContextChooser(tok), docs=unrelated)
+    assert alone is not None and alone.pieces == () and alone.files == []
+
+
 def test_the_prompt_takes_the_context_out_of_its_budget(tok: Tokenizer) -> None:
     context = choose(RepoContextChooser(tok), max_tokens=120)
     assert context is not None

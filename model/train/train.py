@@ -564,8 +564,9 @@ def lengthen_schedule(args: argparse.Namespace, state: Progress) -> None:
                          f"{args.steps} steps would already be over")
     before = lr_at(state.step, state.step / old, args)
     after = lr_at(state.step, state.step / args.steps, args)
-    log.warning("schedule lengthened from %d to %d steps at step %d: learning rate %.3g -> %.3g",
-                old, args.steps, state.step, before, after)
+    log.warning("schedule %s from %d to %d steps at step %d: learning rate %.3g -> %.3g",
+                "lengthened" if args.steps > old else "shortened", old, args.steps, state.step,
+                before, after)
     path = args.run_dir / ARGS_FILE
     saved = json.loads(path.read_text())
     saved["lengthened"] = [*saved.get("lengthened", []),
