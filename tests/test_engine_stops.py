@@ -89,6 +89,14 @@ def test_inside_a_string_the_cursor_is_in_the_words_go_on() -> None:
     assert clean_end('abc" + x(\n', 'KEY = "') == 'abc" + x'  # `x` was followed by `(`
 
 
+def test_a_string_opened_after_the_cursors_string_closes_is_cut() -> None:
+    # Seen on requests' status_codes.py: the cursor's string closed, a new one opened and left.
+    before = '    205: ("reset_content", "reset'
+    assert clean_end('e", "', before) == 'e"'
+    assert clean_end('e", "reset_con', before) == 'e"'
+    assert clean_end("it's a", 'x = "') == "it's"  # another quote inside the open string
+
+
 def test_the_cursor_lines_prefix_judges_the_first_line() -> None:
     # The string the first line closes was opened before the cursor.
     assert clean_end('abc", y\nz = (', 'f("') == 'abc", y'

@@ -118,12 +118,23 @@ def _open_string(line: str) -> bool:
     return bool(_OPEN_QUOTE.search(_code(line).partition("#")[0]))
 
 
+def _opens_a_string(line: str, before: str) -> bool:
+    """Whether `line` leaves open a string that it opened itself: a string open before the
+    cursor may stay open (the cursor is inside it), but once the line closes that one, a
+    string it opens after is its own (`"reset` + `e", "` is cut short)."""
+    opened = _OPEN_QUOTE.search(_code(before).partition("#")[0])
+    if opened is None:
+        return _open_string(before + line)
+    closing = re.search(r"(?:\\.|[^\\" + opened.group(1) + r"\n])*" + opened.group(1), line)
+    return closing is not None and _open_string(line[closing.end():])
+
+
 def _clean_line_end(line: str, before: str = "") -> bool:
     """Whether a line (after `before`, its text before the cursor) ends a statement or a
     word: no operator, opening bracket or comma last, and no string it opened left open
     (a string open before the cursor may stay open)."""
     whole = before + line
-    if _open_string(whole) and not _open_string(before):
+    if _opens_a_string(line, before):
         return False
     code = _code(whole).partition("#")[0].rstrip()
     return not code or not _GOES_ON.search(code)
