@@ -125,6 +125,8 @@ async def run_session(client: Client, uri: str) -> list[str]:
     return shown
 
 
+# The same path in both servers: the prompt's repository header names the file.
+SESSION_URI = "file:///work/session.py"
 SESSION_OPTIONS = {"debounceMs": 0, "maxNewTokens": 16, "minConfidence": 0.0,
                    "timeBudgetMs": 60_000, "dtype": "float32", "diagnostics": {"enabled": False}}
 
@@ -134,7 +136,7 @@ async def local_session(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     client = await start("default", tmp_path_factory.mktemp("local"), options=SESSION_OPTIONS)
     try:
         assert (await client.wait_until_loaded())["state"] == "ready"
-        return await run_session(client, "file:///work/session_local.py")
+        return await run_session(client, SESSION_URI)
     finally:
         await stop(client)
 
@@ -145,7 +147,7 @@ async def remote_session(tmp: Path, engine: dict[str, Any]) -> tuple[list[str], 
         status = await client.wait_until_loaded()
         assert status["state"] == "ready", status
         assert status["engine"]["state"] == "ok", status["engine"]
-        shown = await run_session(client, "file:///work/session_remote.py")
+        shown = await run_session(client, SESSION_URI)
         status = await client.status(requests=True)
         assert not [m for m in client.messages if m.type == types.MessageType.Error]
         return shown, status
