@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from model.train.data import (
     SourceFile,
@@ -338,6 +340,41 @@ def test_held_out_packages_are_sampled_each_on_its_own_and_reported_beside_xz() 
     assert [(r["package"], r["files"], r["bits_per_byte"]) for r in rows] == [
         ("a", 6, 8.0), ("b", 6, 2.0)]
     assert rows[0]["xz_bits_per_byte"] == round(xz_bits_per_byte([f.text for f in files[:6]]), 4)
+
+
+def test_the_repository_header_is_context_never_scored() -> None:
+    """--repo-header: `<reponame>package<filename>path` before the file, as in training; the
+    file's bits are those of its own tokens after it, and prompts open with it."""
+    from model.train.evaluate import LineSite, Scorer, file_nll_bits, fim_match, next_line_match
+    from model.train.fim import EOT, FIM_PREFIX
+    from model.train.repo_format import REPONAME
+    scorer = Scorer.load("default", autocast=False)
+    header = scorer.header("shop", "shop/orders.py")
+    assert scorer.tok.decode(header, skip_special_tokens=False) == \
+        "<reponame>shop<filename>shop/orders.py\n"
+    assert scorer.header("", "orders.py") == []
+    text = "def total(order):\n    return sum(order.values())\n"
+    ids = scorer.encode(text)
+    logp = torch.log_softmax(scorer.logits([EOT, *header, *ids]), dim=-1)
+    first = 1 + len(header)
+    expected = -float(sum(logp[first - 1 + i, t] for i, t in enumerate(ids))) / math.log(2)
+    assert file_nll_bits(scorer, text, 512, header) == pytest.approx(expected, rel=1e-5)
+    assert file_nll_bits(scorer, text, 512) != pytest.approx(expected, rel=1e-3)
+    prompts: list[list[int]] = []
+
+    def greedy(prompt: list[int], max_new: int, first_allowed: torch.Tensor | None = None
+               ) -> bytes:
+        prompts.append(list(prompt))
+        return b""
+
+    scorer.greedy = greedy  # type: ignore[method-assign]
+    site = LineSite("def total(order):\n", "    return 1", "\n", "shop", "shop/orders.py")
+    next_line_match(scorer, site, 8, repo_header=True)
+    fim_match(scorer, site, "psm", 8, repo_header=True)
+    next_line_match(scorer, site, 8)
+    assert prompts[0][:1 + len(header)] == [EOT, *header]
+    assert prompts[1][:len(header) + 1] == [*header, FIM_PREFIX]
+    assert prompts[2][:2] != [EOT, REPONAME]
 
 
 # -- the learning curve for a model card -----------------------------------------------------

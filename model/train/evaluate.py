@@ -6,6 +6,9 @@ package), next-line exact match, and single-line fill-in-the-middle exact match 
 
 With --data a corpus folder of model.train.corpus, the held-out files are its held-out packages
 (never trained on); --max-bytes-per-package samples each package's files by a hash of the path.
+--repo-header puts StarCoder's repository header (`<reponame>package<filename>path` and a
+newline, as model/train/repo_format.py writes it in training and the server's prompts carry it)
+before each file's text, prompt and FIM prompt: context, never scored.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..modeling import GPTBigCodeForCausalLM
 from .data import SourceFile, load_corpus
 from .fim import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 from .realcode import RealFile, sample
+from .repo_format import FILENAME, REPONAME
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,13 @@ class Scorer:
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
+    def header(self, package: str, path: str) -> list[int]:
+        """`<reponame>package<filename>path` and a newline, each part encoded on its own as
+        in training; nothing without a package or path."""
+        if not package or not path:
+            return []
+        return [REPONAME, *self.encode(package), FILENAME, *self.encode(path + "\n")]
+
     def logits(self, ids: Sequence[int], cache: KVCache | None = None, last_only: bool = False
                ) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.autocast):
@@ -108,12 +119,13 @@ class Scorer:
 # -- bits per byte --------------------------------------------------------------------------
 
 
-def file_nll_bits(scorer: Scorer, text: str, stride: int) -> float:
-    """Negative log-likelihood in bits of text after <|endoftext|>; windows of n_positions
-    tokens slide by stride, so every token after the first window has stride-plus context."""
-    ids = [EOT, *scorer.encode(text)]
+def file_nll_bits(scorer: Scorer, text: str, stride: int, header: Sequence[int] = ()) -> float:
+    """Negative log-likelihood in bits of text after <|endoftext|> (and `header`, unscored);
+    windows of n_positions tokens slide by stride, so every token after the first window has
+    stride-plus context."""
+    ids = [EOT, *header, *scorer.encode(text)]
     n = scorer.n_positions
-    start, end, scored, nats = 0, min(n, len(ids)), 0, 0.0
+    start, end, scored, nats = 0, min(n, len(ids)), len(header), 0.0
     while True:
         logp = F.log_softmax(scorer.logits(ids[start:end]), dim=-1)  # (end - start, V)
         targets = torch.tensor(ids[scored + 1:end])
@@ -141,6 +153,8 @@ class LineSite:
     prefix: str
     line: str
     suffix: str
+    package: str = ""
+    path: str = ""
 
 
 def sample_lines(files: Sequence[SourceFile], count: int, seed: int) -> list[LineSite]:
@@ -150,7 +164,8 @@ def sample_lines(files: Sequence[SourceFile], count: int, seed: int) -> list[Lin
         start = 0
         for line in f.text.split("\n"):
             if start > 0 and line.strip():
-                sites.append(LineSite(f.text[:start], line, f.text[start + len(line):]))
+                sites.append(LineSite(f.text[:start], line, f.text[start + len(line):],
+                                      f.package, f.path))
             start += len(line) + 1
     picks = random.Random(seed).sample(range(len(sites)), min(count, len(sites)))
     return [sites[i] for i in sorted(picks)]
@@ -169,11 +184,14 @@ def heal(scorer: Scorer, prefix: list[int]) -> tuple[list[int], bytes, torch.Ten
     return prefix[:-1] if healed else prefix, healed, allowed
 
 
-def next_line_match(scorer: Scorer, site: LineSite, max_new: int) -> bool:
+def next_line_match(scorer: Scorer, site: LineSite, max_new: int, repo_header: bool = False
+                    ) -> bool:
     """The greedy line after the (healed) prefix must equal the true next line exactly."""
     ids = scorer.encode(site.prefix)
-    budget = scorer.n_positions - max_new - 1
-    prompt, healed, allowed = heal(scorer, [EOT, *ids] if len(ids) <= budget else ids[-budget:])
+    header = scorer.header(site.package, site.path) if repo_header else []
+    budget = scorer.n_positions - max_new - 1 - len(header)
+    body = [EOT, *header, *ids] if len(ids) <= budget else [*header, *ids[-budget:]]
+    prompt, healed, allowed = heal(scorer, body)
     generated = scorer.greedy(prompt, max_new, allowed)
     return decoded_line(generated[len(healed):]) == site.line
 
@@ -190,11 +208,14 @@ def fim_prompt(scorer: Scorer, prefix: list[int], suffix: list[int], layout: str
     return [FIM_PREFIX, FIM_SUFFIX, *suffix, FIM_MIDDLE, *prefix]
 
 
-def fim_match(scorer: Scorer, site: LineSite, layout: str, max_new: int) -> bool:
+def fim_match(scorer: Scorer, site: LineSite, layout: str, max_new: int,
+              repo_header: bool = False) -> bool:
     """The middle after the (healed) prefix, up to its first newline, must equal the masked
-    line exactly."""
+    line exactly. The header goes before the FIM sentinels, as in training."""
     prefix, healed, allowed = heal(scorer, scorer.encode(site.prefix))
-    prompt = fim_prompt(scorer, prefix, scorer.encode(site.suffix), layout, max_new)
+    header = scorer.header(site.package, site.path) if repo_header else []
+    prompt = [*header, *fim_prompt(scorer, prefix, scorer.encode(site.suffix), layout,
+                                   max_new + len(header))]
     generated = scorer.greedy(prompt, max_new, allowed)
     return decoded_line(generated[len(healed):]) == site.line
 
@@ -231,19 +252,21 @@ def per_package(files: Sequence[SourceFile], bits: Sequence[float]) -> list[dict
 
 
 def evaluate(scorer: Scorer, files: Sequence[SourceFile], lines: int, seed: int, stride: int,
-             max_new: int) -> dict[str, object]:
+             max_new: int, repo_header: bool = False) -> dict[str, object]:
     started = time.monotonic()
     nbytes = sum(f.nbytes for f in files)
-    file_bits = [file_nll_bits(scorer, f.text, stride) for f in files]
+    file_bits = [file_nll_bits(scorer, f.text, stride,
+                               scorer.header(f.package, f.path) if repo_header else ())
+                 for f in files]
     bits = sum(file_bits)
     log.info("bits per byte done (%.0f s)", time.monotonic() - started)
     next_sites = sample_lines(files, lines, seed)
-    next_line = [next_line_match(scorer, s, max_new) for s in next_sites]
+    next_line = [next_line_match(scorer, s, max_new, repo_header) for s in next_sites]
     fim_sites = sample_lines(files, lines, seed + 1)
-    psm = [fim_match(scorer, s, "psm", max_new) for s in fim_sites]
-    spm = [fim_match(scorer, s, "spm", max_new) for s in fim_sites]
+    psm = [fim_match(scorer, s, "psm", max_new, repo_header) for s in fim_sites]
+    spm = [fim_match(scorer, s, "spm", max_new, repo_header) for s in fim_sites]
     return {
-        "held_out_files": len(files), "held_out_bytes": nbytes,
+        "held_out_files": len(files), "held_out_bytes": nbytes, "repo_header": repo_header,
         "bits_per_byte": round(bits / nbytes, 4),
         "xz_bits_per_byte": round(xz_bits_per_byte([f.text for f in files]), 4),
         "next_line_exact_match": round(rate(next_line), 4), "next_line_samples": len(next_line),
@@ -262,7 +285,9 @@ def print_report(name: str, result: dict[str, object]) -> None:
         ("FIM exact match, PSM", f"{result['fim_psm_exact_match']:.1%} of {result['fim_samples']}"),
         ("FIM exact match, SPM", f"{result['fim_spm_exact_match']:.1%} of {result['fim_samples']}"),
     ]
-    print(f"{name}: {result['held_out_files']} held-out files, {result['held_out_bytes']} bytes")
+    header = ", repository header before each file" if result.get("repo_header") else ""
+    print(f"{name}: {result['held_out_files']} held-out files, {result['held_out_bytes']} bytes"
+          f"{header}")
     for label, value in rows:
         print(f"  {label:<32} {value}")
     packages = cast(list[dict[str, object]], result["packages"])
@@ -287,6 +312,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="sliding-window step for bits per byte (default n_positions / 2)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster, less exact)")
+    p.add_argument("--repo-header", action="store_true",
+                   help="<reponame>package<filename>path before each file (context, unscored)")
     p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
 
@@ -299,7 +326,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     scorer = Scorer.load(args.model, args.bf16)
     files = sample_packages(load_corpus(args.data).held_out, args.max_bytes_per_package)
     stride = args.stride or scorer.n_positions // 2
-    result = evaluate(scorer, files, args.lines, args.seed, stride, args.max_new_tokens)
+    if args.repo_header and any(not f.package for f in files):
+        sys.exit("error: --repo-header needs a corpus of packages (--data, from "
+                 "`python -m model.train.corpus build`)")
+    result = evaluate(scorer, files, args.lines, args.seed, stride, args.max_new_tokens,
+                      args.repo_header)
     print_report(args.model, result)
 
 
