@@ -148,6 +148,40 @@ def test_prefix_own_tokens_re_type_the_removed_text_step_by_step(
     assert remaining == b""
 
 
+def _retypes(tok: Tokenizer, index: TokenIndex, prefix: str, then: str) -> bool:
+    """Whether the tokens of `prefix + then` after the prompt's re-type the text taken off."""
+    stable, typed = split_unstable_tail(tok, prefix)
+    remaining = typed.encode()
+    for token_id in tok.encode(prefix + then)[len(tok.encode(stable)) :]:
+        if token_id not in index.allowed(remaining):
+            return False
+        remaining = index.remaining(remaining, token_id)
+        if not remaining:
+            return True
+    return False
+
+
+@pytest.mark.parametrize(("prefix", "wanted", "refused"), [
+    ("def f(x):\n    ", "return x", "    return x"),  # no deeper indentation than the cursor's
+    ("x = ", "1", "   1"),  # no more spaces (a lone " " token then " 1" is not refused)
+    ("print(a, ", "b)", "  b)"),
+])
+def test_no_token_adds_whitespace_after_typed_whitespace(
+    tok: Tokenizer, index: TokenIndex, prefix: str, wanted: str, refused: str
+):
+    assert split_unstable_tail(tok, prefix)[1].endswith(" ")
+    assert _retypes(tok, index, prefix, wanted)
+    assert not _retypes(tok, index, prefix, refused)
+
+
+@pytest.mark.parametrize("typed", [b"\n    ", b" ", b"\n\t", b"\t"])
+def test_no_allowed_token_goes_on_with_a_blank(tok: Tokenizer, index: TokenIndex, typed: bytes):
+    allowed = index.allowed(typed)
+    assert allowed
+    after = [tok.decode_bytes([i])[len(typed):] for i in allowed]
+    assert not [rest for rest in after if rest[:1] in (b" ", b"\t")]
+
+
 def test_remaining_is_empty_after_a_token_that_covers_the_text(tok: Tokenizer, index: TokenIndex):
     longer = index.starting_with(b" re")
     assert longer and all(index.remaining(b" re", i) == b"" for i in longer)

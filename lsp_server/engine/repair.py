@@ -101,6 +101,9 @@ def _char_offset(data: bytes, end: int) -> int | None:
     return len(data[:end].decode("utf-8"))
 
 
+_BLANKS = (b" ", b"\t")
+
+
 class TokenIndex:
     """The vocabulary's token bytes, sorted, for the ids that continue a given byte string.
 
@@ -113,6 +116,7 @@ class TokenIndex:
         self.keys = [data for data, _ in by_bytes]
         self.ids = [token_id for _, token_id in by_bytes]
         self.bytes_of = {token_id: data for data, token_id in by_bytes}
+        self._after_blank: dict[bytes, list[int]] = {}  # allowed() after whitespace, by text
 
     def starting_with(self, data: bytes) -> list[int]:
         """Ids of tokens whose bytes start with `data`."""
@@ -132,8 +136,22 @@ class TokenIndex:
 
     def allowed(self, typed: bytes) -> list[int]:
         """Ids the next token may take while `typed` is still to be re-typed, in no particular
-        order: those that start with it and those that are a proper prefix of it."""
-        return self.starting_with(typed) + self.prefixes_of(typed)
+        order: those that start with it and those that are a proper prefix of it.
+
+        After typed whitespace (the indentation of the cursor's line, the space after `=`),
+        no token that goes on past it may add more: the user chose it, and `x =  1` or a line
+        indented deeper than the cursor is never what they want."""
+        longer = self.starting_with(typed)
+        if typed[-1:] in _BLANKS:
+            longer = self._after_blank.get(typed)
+            if longer is None:
+                size = len(typed)
+                longer = [i for i in self.starting_with(typed)
+                          if self.bytes_of[i][size:size + 1] not in _BLANKS]
+                if len(self._after_blank) >= 256:
+                    self._after_blank.clear()
+                self._after_blank[typed] = longer
+        return longer + self.prefixes_of(typed)
 
     def remaining(self, typed: bytes, token_id: int) -> bytes:
         """What is still to be re-typed after `token_id` (one of allowed(typed))."""
