@@ -48,6 +48,14 @@ def test_a_repeated_group_of_lines_keeps_its_first_copy() -> None:
     assert text[: loop_start(text)] == "a = 0\nif lo == 1:\n    lo = lo + 1\n"
 
 
+def test_the_first_line_is_compared_with_the_cursor_lines_text_before_it() -> None:
+    # `import` + ` sys\nimport sys`: the second line repeats the whole first one.
+    assert loop_start(" sys\nimport sys", "import") == len(" sys\n")
+    assert cut_at_stops(" sys\nimport sys\n", (), False, "import") == (" sys\n", "repetition")
+    assert loop_start(" sys\nimport os", "import") is None
+    assert loop_start(" sys\nsys", "import") is None  # the line is `import sys`, not `sys`
+
+
 def test_lines_without_letters_loop_only_at_four_copies() -> None:
     assert loop_start("x\n#\n#\n#") is None
     text = "x\n#\n#\n#\n#\n#"

@@ -199,6 +199,7 @@ class Engine:
                               total_ms=_since(started))
         retype = typed.encode()
         single_line = wants_single_line(request.suffix)
+        line_prefix = prefix[prefix.rfind("\n") + 1 :]
         stream = self.backend.generate(prompt.key, prompt.ids, params, retype, cancelled)
         ids: list[int] = []
         data = bytearray()
@@ -212,7 +213,7 @@ class Engine:
                 data += self.tokenizer.decode_bytes([token])
                 new = bytes(data[len(retype):]) if len(data) >= len(retype) else None
                 reason = self._stop_reason(len(ids) - retyped, new, stream, params,
-                                           single_line, cancelled, deadline)
+                                           single_line, cancelled, deadline, line_prefix)
                 if not reason and not judged and new is not None:
                     verdict = self._head_verdict(new, ids, stream.logprobs, len(retype), params)
                     judged, reason = verdict is not None, "gated" if verdict is False else ""
@@ -221,10 +222,9 @@ class Engine:
             else:
                 reason = stream.finish
         generated = cut_at_stops(whole_characters(bytes(data[len(retype):])), params.stop,
-                                 single_line)[0]
+                                 single_line, line_prefix)[0]
         shown = postprocess(generated, prefix, request.suffix, request.language_id)
         if reason in BUDGET_STOPS:  # never show the word or expression it was writing
-            line_prefix = prefix[prefix.rfind("\n") + 1 :]
             syntax = syntax_for(request.language_id)
             ended = clean_end(generated, line_prefix, syntax)
             shown = _clean_shown(
@@ -293,12 +293,12 @@ class Engine:
     @staticmethod
     def _stop_reason(count: int, new: bytes | None, stream: TokenStream,
                      params: GenerationParams, single_line: bool,
-                     cancelled: Callable[[], bool], deadline: float) -> str:
+                     cancelled: Callable[[], bool], deadline: float, line_prefix: str) -> str:
         """Why generation must stop after `count` new tokens whose text beyond the cursor is
         `new` (None while still re-typing), or "" to go on. Checked before each forward
         pass, so a request that stops costs no further step."""
         if new is not None:
-            why = cut_at_stops(whole_characters(new), params.stop, single_line)[1]
+            why = cut_at_stops(whole_characters(new), params.stop, single_line, line_prefix)[1]
             if why:
                 return why
         if cancelled():

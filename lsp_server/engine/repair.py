@@ -141,16 +141,16 @@ class TokenIndex:
         After typed whitespace (the indentation of the cursor's line, the space after `=`),
         no token that goes on past it may add more: the user chose it, and `x =  1` or a line
         indented deeper than the cursor is never what they want."""
-        longer = self.starting_with(typed)
-        if typed[-1:] in _BLANKS:
-            longer = self._after_blank.get(typed)
-            if longer is None:
-                size = len(typed)
-                longer = [i for i in self.starting_with(typed)
-                          if self.bytes_of[i][size:size + 1] not in _BLANKS]
-                if len(self._after_blank) >= 256:
-                    self._after_blank.clear()
-                self._after_blank[typed] = longer
+        if typed[-1:] not in _BLANKS:
+            return self.starting_with(typed) + self.prefixes_of(typed)
+        longer = self._after_blank.get(typed)
+        if longer is None:
+            size = len(typed)
+            longer = [i for i in self.starting_with(typed)
+                      if self.bytes_of[i][size:size + 1] not in _BLANKS]
+            if len(self._after_blank) >= 256:
+                self._after_blank.clear()
+            self._after_blank[typed] = longer
         return longer + self.prefixes_of(typed)
 
     def remaining(self, typed: bytes, token_id: int) -> bytes:

@@ -20,9 +20,11 @@ def whole_characters(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def cut_at_stops(text: str, stops: Sequence[str], single_line: bool) -> tuple[str, str]:
+def cut_at_stops(text: str, stops: Sequence[str], single_line: bool, line_prefix: str = ""
+                 ) -> tuple[str, str]:
     """`text` up to the first stop string (or line break, when one line is wanted) and the
-    start of a loop, and which kind of stop cut it ("" when none did)."""
+    start of a loop, and which kind of stop cut it ("" when none did). `line_prefix`: the
+    text before the cursor on its line, which the first line of `text` completes."""
     cut, why = len(text), ""
     for stop in stops:
         at = text.find(stop)
@@ -32,7 +34,7 @@ def cut_at_stops(text: str, stops: Sequence[str], single_line: bool) -> tuple[st
         breaks = [at for at in (text.find("\n"), text.find("\r")) if at >= 0]
         if breaks and min(breaks) < cut:
             cut, why = min(breaks), "newline"
-    looping = loop_start(text[:cut].replace("\r", "\n"))
+    looping = loop_start(text[:cut].replace("\r", "\n"), line_prefix)
     if looping is not None:
         cut, why = looping, "repetition"
     return text[:cut], why
@@ -80,13 +82,15 @@ def _repeated_copies(stripped: list[str], number: int, size: int) -> int:
     return copies if all(lines == group for lines in earlier) else 0
 
 
-def loop_start(text: str) -> int | None:
+def loop_start(text: str, line_prefix: str = "") -> int | None:
     """Where `text` starts to loop, or None: the start of the first line holding a piece
     repeated in a row, or the start of the second copy of a group of up to LOOP_LINES lines
-    repeating the lines just before it (compared without indentation)."""
+    repeating the lines just before it (compared without indentation; the first line with
+    `line_prefix`, the cursor line's text before it: `import` + ` sys\nimport sys`)."""
     starts = [0] + [at + 1 for at, char in enumerate(text) if char == "\n"]
     lines = text.split("\n")
     stripped = [line.strip() for line in lines]
+    stripped[0] = (line_prefix + lines[0]).strip()
     for number, (start, line) in enumerate(zip(starts, lines, strict=True)):
         if _loops_on_line(line):
             return start
