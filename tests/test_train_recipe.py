@@ -309,6 +309,42 @@ def run_resume(run_dir: Path) -> dict[str, object]:
     return run(parse_args(["--resume", str(run_dir), "--threads", "1"]))
 
 
+def test_a_device_that_is_not_there_or_not_a_device_is_named() -> None:
+    import torch
+
+    from model.train.train import training_device
+    assert training_device("cpu") == torch.device("cpu")
+    assert training_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="not a device name"):
+        training_device("gpu0")
+    with pytest.raises(ValueError, match="only cpu and cuda"):
+        training_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            training_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_run_trained_on_the_gpu_resumes_on_the_cpu_and_agrees_with_one(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    data = tmp_path / "data"
+    write_corpus(data)
+    on_cpu = tiny_run(tmp_path / "cpu", data, "--steps", "8", "--device", "cpu")
+    first = tiny_run(tmp_path / "gpu", data, "--steps", "8", "--session-steps", "4",
+                     "--device", "cuda")
+    assert first["steps"] == 4 and str(first["device"]) != str(on_cpu["device"])
+    from model.train.train import parse_args, run
+    rest = run(parse_args(["--resume", str(tmp_path / "gpu"), "--threads", "1",
+                           "--device", "cpu"]))
+    assert rest["complete"] is True and rest["tokens"] == on_cpu["tokens"]
+    a = load_file(tmp_path / "cpu" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "gpu" / "final" / "model.safetensors")
+    for key in a:  # fp32 on both: the same steps up to rounding in the kernels
+        assert (a[key] - b[key]).abs().max() < 2e-3, key
+    assert abs(float(str(rest["held_out_loss"])) - float(str(on_cpu["held_out_loss"]))) < 1e-2
+
+
 def test_only_runs_scheduled_by_steps_or_tokens_resume(tmp_path: Path) -> None:
     from model.train.train import parse_args
     (tmp_path / "train_state.pt").write_bytes(b"")

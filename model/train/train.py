@@ -55,7 +55,7 @@ STATE_FILE = "train_state.pt"
 ARGS_FILE = "train_args.json"
 # What a resumed session may change; everything else comes from the run's train_args.json.
 SESSION_ARGS = frozenset({"minutes", "threads", "checkpoint_minutes", "eval_minutes",
-                          "compile", "session_steps", "resume"})
+                          "compile", "session_steps", "resume", "device"})
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -104,7 +104,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
     p.add_argument("--save-dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="auto: bf16 autocast when the CPU computes bf16 natively")
+                   help="auto: bf16 autocast when the device computes bf16 natively")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda or cuda:N; auto: the GPU when there is one (a run may "
+                        "change device between sessions)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--compile", action="store_true",
                    help="run the training forward/backward through torch.compile "
@@ -273,9 +276,11 @@ def lr_at(step: int, progress: float, args: argparse.Namespace) -> float:
 def held_out_loss(model: GPTBigCodeForCausalLM, rows: torch.Tensor, autocast: bool) -> float:
     """Mean next-token loss (nats) over the held-out rows."""
     model.eval()
+    device = model.device
     losses = []
     for batch in rows.split(8):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             losses.append(float(model(batch, labels=batch).loss))
     model.train()
     return sum(losses) / len(losses)
@@ -326,7 +331,9 @@ def write_atomically(path: Path, text: str) -> None:
 
 def load_state(run_dir: Path) -> dict[str, Any]:
     # weights_only: tensors, numbers, strings and tuples, no arbitrary pickled objects.
-    return cast(dict[str, Any], torch.load(run_dir / STATE_FILE, weights_only=True))
+    # map_location: a run saved on a GPU resumes on a CPU and the other way round.
+    return cast(dict[str, Any], torch.load(run_dir / STATE_FILE, weights_only=True,
+                                           map_location="cpu"))
 
 
 def restore(payload: dict[str, Any], model: GPTBigCodeForCausalLM,
@@ -403,7 +410,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                batch: torch.Tensor, lr: float, args: argparse.Namespace, autocast: bool) -> float:
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    device = next(model.parameters()).device
+    batch = batch.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         loss = model(batch, labels=batch).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -430,7 +439,8 @@ def evaluate_and_record(model: GPTBigCodeForCausalLM, rows: torch.Tensor, bytes_
 def run(args: argparse.Namespace) -> dict[str, object]:
     random.seed(args.seed)
     torch.set_num_threads(args.threads)
-    autocast = args.precision == "bf16" or (args.precision == "auto" and cpu_bf16_native())
+    device = training_device(args.device)
+    autocast = args.precision == "bf16" or (args.precision == "auto" and bf16_native(device))
     resumable = args.steps is not None
     if args.resume is None and (args.run_dir / STATE_FILE).is_file():
         raise FileExistsError(f"{args.run_dir} holds a run ({STATE_FILE}): continue it with "
@@ -446,7 +456,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     else:
         text, epoch_tokens = training_chunks(corpus.train, tok, args.seq_len)
     eval_rows, bytes_per_token = held_out_rows(corpus.held_out, tok, args.seq_len, args.eval_rows)
-    model = build_model(args, tok.get_vocab_size())
+    model = build_model(args, tok.get_vocab_size()).to(device)
     model.train()
     optimizer = make_optimizer(model, args)
     state = Progress(time.monotonic(), args.minutes * 60, args.steps)
@@ -462,10 +472,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         (args.run_dir / ARGS_FILE).write_text(json.dumps(saved, indent=1) + "\n")
     # The compiled wrapper shares the parameters; evaluation and saving use the plain module.
     step_model = cast(torch.nn.Module, torch.compile(model)) if args.compile else model
-    log.info("model: %d layers x %d, %d heads, %.2fM parameters; bf16 autocast: %s; "
+    log.info("model: %d layers x %d, %d heads, %.2fM parameters; on %s, bf16 autocast: %s; "
              "%d %s, %d tokens an epoch", model.config.n_layer, model.config.n_embd,
-             model.config.n_head, model.num_parameters() / 1e6, autocast, len(text),
-             args.layout, epoch_tokens)
+             model.config.n_head, model.num_parameters() / 1e6, device_name(device), autocast,
+             len(text), args.layout, epoch_tokens)
 
     def save_all() -> None:
         save_checkpoint(model, tok_dir, args.run_dir / "checkpoint")
@@ -517,13 +527,44 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "session_minutes": round(state.elapsed / 60, 2), "held_out_loss": round(final_loss, 4),
         "held_out_bpb": round(final_loss / math.log(2) / bytes_per_token, 4),
         "parameters": model.num_parameters(), "bf16_autocast": autocast,
-        "machine": f"{cpu_name()}, {args.threads} threads", "torch": torch.__version__,
+        "machine": f"{cpu_name()}, {args.threads} threads", "device": device_name(device),
+        "torch": torch.__version__,
         "python": platform.python_version(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     (args.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("%s: %s", "done" if complete else "session over, resume with --resume", summary)
     return summary
+
+
+def training_device(name: str) -> torch.device:
+    """The --device argument as a device: auto is the first GPU when torch sees one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r}: not a device name (cpu, cuda, cuda:N)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch sees no CUDA GPU "
+                         f"(torch {torch.__version__})")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether bf16 autocast is native on the device: bf16 instructions on this CPU, or a GPU
+    that computes bf16 (Ampere and later)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_bf16_native()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
 
 
 class StopRequest:
