@@ -10,8 +10,9 @@ the line goes on), and at the start of a block body whose lines are all removed 
 body's indentation); each place is a fresh document, so no cache or type-through carries over.
 The packages are downloaded with `pip download` at pinned versions into
 ~/.cache/gptbigcode-lsp/accept/wheels (development-time data, never used by tests). The
-packaged model was trained on the standard library only; none of these packages is part of it,
-nor pip, attrs, cattrs, pygls, lsprotocol, click, rich or httpx (kept for evaluation elsewhere).
+packaged model never saw them: its corpus (model/train/corpus.py) reads these packages only to
+drop their copies from training, and holds none of pip, attrs, cattrs, pygls, lsprotocol,
+click, rich or httpx (kept for evaluation elsewhere).
 The evaluation split and the calibration split (for lsp_server/engine/confidence.py) are
 different packages.
 

@@ -27,8 +27,8 @@ before the cursor and the name scored after a prompt that ends at the line's sta
 the engine's prompt builder with the context the engine chose, or none): the name's mean
 log-probability per token, how often every token of it is the model's first choice (name
 top-1), and in how many places the context raised the name's log-probability. The packaged
-model was trained on the standard library without the repository format: whatever the context
-does for it is reported as it is. Prints a table and one JSON line.
+model was trained in the repository format on a corpus that holds these packages out; whatever
+the context does for a model is reported as it is. Prints a table and one JSON line.
 """
 
 from __future__ import annotations
