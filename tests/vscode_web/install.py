@@ -98,6 +98,9 @@ def install_npm_packages() -> None:
         "TMPDIR": str(tmp),
         "npm_config_nodedir": "/usr",  # Node's headers (/usr/include/node), for native modules
         "npm_config_yes": "true",  # node-pty's postinstall calls npx
+        # code-server's postinstall refuses to run as root unless npm says it may (npm 11
+        # no longer passes unsafe-perm on its own); it only matters where we are root.
+        "npm_config_unsafe_perm": "true",
     }
     (folder / ".installed").unlink(missing_ok=True)
     subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=folder, env=env, check=True)
