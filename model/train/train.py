@@ -10,8 +10,10 @@ With --total-tokens (or --steps) the learning-rate schedule (linear warmup, cosi
 defined over steps, --minutes only ends this session, and RUN_DIR/train_state.pt (model, AdamW
 state, RNG states, data position, step; written every --checkpoint-minutes and at the end of a
 session, atomically) lets --resume continue the same run exactly: N steps in one session give
-the same weights as N/2 and a resumed N/2. Without them the schedule runs on wall-clock
-progress through --minutes (the packaged model's recipe), and such a run cannot be resumed.
+the same weights as N/2 and a resumed N/2 (on one device; `--device` picks it, the GPU when
+there is one, and a run may move between GPU and CPU). Without them the schedule runs on
+wall-clock progress through --minutes (the stdlib model's recipe), and such a run cannot be
+resumed.
 Ctrl-C (or SIGTERM) ends a resumable session early the same way: after the step in flight, with
 the state saved; a second one stops at once. `--resume RUN_DIR --total-tokens N` gives the
 schedule a new length from the step it is at (best while the learning rate is near its peak).
