@@ -10,6 +10,10 @@
 # - which keys count is decided on the device too: a mask over the workspace (SDPA), or
 #   flash-attn's `cache_seqlens` (`flash_attn_with_kvcache`, which writes the new row in
 #   place and reads only the filled part);
+# - SDPA attends over a span of the workspace, the smallest power of two (at least
+#   `min_span`) that holds the position, with one graph captured per span: attending over
+#   the whole workspace made a step of an 8,192-position model cost its full length
+#   (fp32 on an H200: 20.5 ms a token, against 4.4 ms for eager steps);
 # - the logits come out in the graph's own output tensor.
 #
 # A document's KVCache is copied into the workspace when its generation starts
@@ -20,7 +24,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +62,7 @@ class GraphDecoder:
     """
 
     def __init__(self, model: GPTBigCodeForCausalLM, *, graph: bool | None = None,
-                 attention: str | None = None) -> None:
+                 attention: str | None = None, min_span: int = 256) -> None:
         weight = model.transformer.wte.weight
         if attention is None:
             attention = default_attention(model)
@@ -75,11 +79,16 @@ class GraphDecoder:
             graph = weight.is_cuda
         if graph and not weight.is_cuda:
             raise RuntimeError(f"CUDA graphs need a model on a CUDA device, not {weight.device}")
+        if min_span < 1:
+            raise ValueError(f"min_span must be at least 1, got {min_span}")
         self.model = model
         self.attention = attention
         self.use_graph = graph
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: torch.Tensor | None = None  # the graph's output
+        self.min_span = min_span
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}  # by span
+        self.outputs: dict[int, torch.Tensor] = {}  # each graph's logits
+        self.graph: torch.cuda.CUDAGraph | None = None  # the last one replayed
+        self.pool: Any = None  # torch.cuda.graph_pool_handle(), made at the first capture
         self.kv: KVCache | None = None
         self.allocate()
 
@@ -100,6 +109,15 @@ class GraphDecoder:
     @property
     def path(self) -> str:
         return "cuda-graph" if self.use_graph else "static"
+
+    def span(self, position: int) -> int:
+        """How much of the workspace a step at `position` attends over: the smallest power of
+        two above it, at least min_span, at most n_positions (flash-attn reads only the filled
+        part whatever the span, so it keeps one graph)."""
+        limit = self.model.config.n_positions
+        if self.attention == "flash":
+            return limit
+        return min(limit, max(self.min_span, 1 << position.bit_length()))
 
     # -- a generation ---------------------------------------------------------------------
 
@@ -148,7 +166,8 @@ class GraphDecoder:
         # Under inference mode: caches filled by the server's prefill are inference tensors.
         with torch.inference_mode():
             self.inputs.copy_(torch.tensor([token, position]))
-            logits = self._replay() if self.use_graph else self.compute()
+            span = self.span(position)
+            logits = self._replay(span) if self.use_graph else self.compute(span)
             kv.reserve(position + 1)
             kv.buffer[:, :, :, :, position].copy_(self.workspace.buffer[:, :, :, :, position])
         kv.length = self.workspace.length = position + 1
@@ -159,17 +178,20 @@ class GraphDecoder:
         weights moved): the next step captures anew."""
         if self.use_graph and not self.model.transformer.wte.weight.is_cuda:
             raise RuntimeError("the model left its CUDA device: make a new GraphDecoder")
-        self.graph, self.logits, self.kv = None, None, None
+        self.graphs, self.outputs, self.graph, self.pool, self.kv = {}, {}, None, None, None
         self.allocate()
 
     # -- the step -------------------------------------------------------------------------
 
-    def compute(self) -> torch.Tensor:
-        """The step on the static buffers: logits (vocab,) of the token in `inputs`."""
+    def compute(self, span: int | None = None) -> torch.Tensor:
+        """The step on the static buffers: logits (vocab,) of the token in `inputs`, attending
+        over the workspace's first `span` positions (all of them by default), which must
+        include the token's."""
         body = self.model.transformer
+        span = self.model.config.n_positions if span is None else span
         position = self.inputs[1:]  # (1,)
         x = body.wte(self.inputs[:1].view(1, 1)) + body.wpe(position)  # (1, 1, C)
-        allowed = (self.key_positions <= position).view(1, 1, 1, -1)  # (1, 1, 1, capacity)
+        allowed = (self.key_positions[:span] <= position).view(1, 1, 1, -1)  # (1, 1, 1, span)
         seqlens = position.to(torch.int32)  # flash-attn: cached tokens before this one
         for i, module in enumerate(body.h):
             block = cast("GPTBigCodeBlock", module)
@@ -186,11 +208,13 @@ class GraphDecoder:
 
     def sdpa(self, layer: int, attn: GPTBigCodeAttention, q: torch.Tensor, k: torch.Tensor,
              v: torch.Tensor, position: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """Write the row at `position`, attend over the whole workspace with positions after
-        it masked; (1, 1, C)."""
+        """Write the row at `position`, attend over the workspace's first allowed.shape[-1]
+        positions with those after it masked; (1, 1, C)."""
         keys, values = self.workspace.buffer[layer, 0], self.workspace.buffer[layer, 1]
         keys.index_copy_(2, position, k)  # keys, values: (1, KVH, capacity, D)
         values.index_copy_(2, position, v)
+        span = allowed.shape[-1]
+        keys, values = keys[:, :, :span], values[:, :, :span]
         H, D = attn.num_heads, attn.head_dim
         if attn.multi_query:
             q = q.reshape(1, 1, H, D)  # heads folded into the query axis against one K/V head
@@ -214,26 +238,29 @@ class GraphDecoder:
 
     # -- the graph ------------------------------------------------------------------------
 
-    def _replay(self) -> torch.Tensor:
-        if self.graph is None:
-            self.capture()
-        assert self.graph is not None and self.logits is not None
+    def _replay(self, span: int) -> torch.Tensor:
+        if span not in self.graphs:
+            self.capture(span)
+        self.graph = self.graphs[span]
         self.graph.replay()
-        return self.logits
+        return self.outputs[span]
 
-    def capture(self) -> None:
-        """Record the step as a CUDA graph. Warm-up runs on a side stream first (lazy
-        initialisation must not happen during capture); they write the current position's
-        row, which the replay writes again."""
+    def capture(self, span: int) -> None:
+        """Record the step over `span` positions as a CUDA graph. Warm-up runs on a side
+        stream first (lazy initialisation must not happen during capture); they write the
+        current position's row, which the replay writes again."""
         current = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)
         with torch.cuda.stream(side):
             for _ in range(2):
-                self.compute()
+                self.compute(span)
         current.wait_stream(side)
+        if self.pool is None:  # one memory pool for every span's graph: they never overlap
+            self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self.compute()
-        self.graph = graph
-        log.info("decode step captured as a CUDA graph (%s attention)", self.attention)
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.outputs[span] = self.compute(span)
+        self.graphs[span] = graph
+        log.info("decode step over %d positions captured as a CUDA graph (%s attention)", span,
+                 self.attention)

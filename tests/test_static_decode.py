@@ -53,6 +53,30 @@ def test_static_steps_give_the_logits_and_cache_of_the_general_path(multi_query:
     torch.testing.assert_close(ours.buffer[filled], reference.buffer[filled], rtol=0, atol=1e-6)
 
 
+def test_steps_attend_over_the_smallest_power_of_two_span_that_holds_the_position() -> None:
+    decoder = GraphDecoder(tiny(n_positions=64), min_span=8)
+    assert [decoder.span(p) for p in (0, 7, 8, 15, 16, 31, 32, 63)] == [8, 8, 16, 16, 32, 32,
+                                                                         64, 64]
+    assert GraphDecoder(tiny(n_positions=64)).span(5) == 64  # never past n_positions
+    with pytest.raises(ValueError, match="min_span"):
+        GraphDecoder(tiny(), min_span=0)
+
+
+def test_steps_across_span_boundaries_give_the_general_paths_logits() -> None:
+    model = tiny(n_positions=128)
+    ids = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(6))
+    reference, ours = prefilled(model, ids, 5), prefilled(model, ids, 5)
+    decoder = GraphDecoder(model, min_span=4)
+    decoder.start(ours)
+    spans = set()
+    for token in range(40):  # positions 5 to 44: spans 8, 16, 32 and 64
+        spans.add(decoder.span(ours.length))
+        with torch.inference_mode():
+            expected = decode_one_token(model, torch.tensor([[token]]), reference)[0]
+        torch.testing.assert_close(decoder.step(token), expected, rtol=1e-5, atol=1e-5)
+    assert spans == {8, 16, 32, 64}
+
+
 def test_bf16_static_steps_pick_the_greedy_tokens_of_generate() -> None:
     model = tiny(seed=3).to(torch.bfloat16)
     prompt = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(2))
@@ -162,7 +186,9 @@ def test_prefill_then_steps_follow_the_decoder_protocol() -> None:
 def test_graph_replay_gives_the_eager_steps(dtype: torch.dtype) -> None:
     model = tiny(n_positions=128).to("cuda", dtype)
     prompt = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(4))
-    eager, graphed = GraphDecoder(model, graph=False), GraphDecoder(model, graph=True)
+    # min_span 16: the 24 steps (positions 20 to 43) replay the graphs of spans 32 and 64.
+    eager = GraphDecoder(model, graph=False, min_span=16)
+    graphed = GraphDecoder(model, graph=True, min_span=16)
     eager.start(prefilled(model, prompt, 20))
     graphed.start(prefilled(model, prompt, 20))
     token_e = token_g = 7
@@ -171,6 +197,7 @@ def test_graph_replay_gives_the_eager_steps(dtype: torch.dtype) -> None:
         torch.testing.assert_close(logits_g, logits_e, rtol=0, atol=0)
         token_e, token_g = int(logits_e.argmax()), int(logits_g.argmax())
     assert graphed.graph is not None and graphed.path == "cuda-graph"
+    assert sorted(graphed.graphs) == [32, 64]
 
 
 @pytest.mark.skipif(not (CUDA and flash_attn_available()), reason="needs CUDA and flash-attn")
