@@ -192,7 +192,9 @@ def test_a_definition_in_another_file_of_the_repository_is_used(
     lm: GPTBigCodeForCausalLM, tok: Tokenizer
 ) -> None:
     # StarCoder's repository format, as the server's cross-file context writes it: a name
-    # defined in one file is far likelier in the next when that file comes first.
+    # defined in one file is far likelier in the next when that file comes first. Measured:
+    # 0.68 of the bits alone for this model, 0.98 for the stdlib model that never saw the
+    # format (fp32, CPU; deterministic for given weights).
     util = ("def normalise_endpoint_url(raw: str, default_port: int = 443) -> str:\n"
             "    host, _, port = raw.partition(':')\n"
             "    return f'{host}:{port or default_port}'\n")
